@@ -1,0 +1,107 @@
+// Command gopasst gives virtual machines (passt mode) and network
+// namespaces (pasta mode) network access through host sockets, without
+// privileges and without a TCP/IP stack of its own.
+//
+// Usage:
+//
+//	gopasst pasta [OPTION]... [COMMAND [ARG]...]
+//	gopasst pasta [OPTION]... PID
+//	gopasst pasta [OPTION]... --netns PATH|NAME
+//	gopasst passt [OPTION]...
+//
+// Invoked through a name that starts with "pasta" or "passt" (a symbolic
+// link, say), gopasst runs in that mode directly, so it can stand in where
+// the reference implementation is expected. The options follow the
+// reference's passt(1) manual page.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/gopasst/gopasst/internal/conf"
+	"github.com/gopasst/gopasst/internal/log"
+	"github.com/gopasst/gopasst/internal/pasta"
+)
+
+func main() {
+	os.Exit(run(os.Args))
+}
+
+func run(argv []string) int {
+	mode, args, ok := pickMode(argv)
+	if !ok {
+		fmt.Fprintf(os.Stderr, "usage: gopasst pasta|passt [OPTION]... (see gopasst pasta --help)\n")
+		return 1
+	}
+	cfg, err := conf.Parse(mode, args)
+	switch {
+	case errors.Is(err, conf.ErrHelp):
+		fmt.Print(conf.Usage(mode))
+		return 0
+	case errors.Is(err, conf.ErrVersion):
+		fmt.Println(conf.Version)
+		return 0
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name(mode), err)
+		return 1
+	}
+	if err := setupLog(cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name(mode), err)
+		return 1
+	}
+	if !cfg.NoTCP && (len(cfg.TCPFwd.Rules) > 0 || len(cfg.TCPNSFwd.Rules) > 0) {
+		log.Warnf("TCP forwarding is not implemented yet: -t/-T ports are not forwarded")
+	}
+	if mode == conf.ModePasst {
+		fmt.Fprintf(os.Stderr, "passt: passt mode is not implemented yet\n")
+		return 1
+	}
+	return pasta.Run(cfg)
+}
+
+// pickMode finds the mode from the program name or the first argument.
+func pickMode(argv []string) (conf.Mode, []string, bool) {
+	base := filepath.Base(argv[0])
+	switch {
+	case strings.HasPrefix(base, "pasta"):
+		return conf.ModePasta, argv[1:], true
+	case strings.HasPrefix(base, "passt"):
+		return conf.ModePasst, argv[1:], true
+	}
+	if len(argv) < 2 {
+		return 0, nil, false
+	}
+	switch argv[1] {
+	case "pasta":
+		return conf.ModePasta, argv[2:], true
+	case "passt":
+		return conf.ModePasst, argv[2:], true
+	}
+	return 0, nil, false
+}
+
+func name(m conf.Mode) string {
+	if m == conf.ModePasst {
+		return "passt"
+	}
+	return "pasta"
+}
+
+func setupLog(cfg *conf.Config) error {
+	switch {
+	case cfg.Trace:
+		log.SetLevel(log.LevelTrace)
+	case cfg.Debug:
+		log.SetLevel(log.LevelDebug)
+	case cfg.Quiet:
+		log.SetLevel(log.LevelWarn)
+	}
+	if cfg.LogFile != "" {
+		return log.OpenFile(cfg.LogFile, cfg.LogSize)
+	}
+	return nil
+}

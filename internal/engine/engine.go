@@ -1,0 +1,150 @@
+// Package engine runs gopasst's data path: it reads frames from the guest's
+// endpoint and hands each to the part that deals with it, and it runs the
+// host-side socket loop beside it.
+//
+// # Theory of operation
+//
+// Two goroutines move all traffic, one per direction, so the two directions
+// use both cores:
+//
+//   - the tap reader ([Engine.Run]) takes a batch of frames per wake-up,
+//     parses each once (package packet), learns the guest's MAC and
+//     addresses from them (package fwd), answers ARP and NDP on the spot
+//     (package l2) and collects the UDP datagrams of the batch for one call
+//     into the UDP engine, which groups them by flow;
+//   - the UDP engine's epoll loop (package udp) carries datagrams from host
+//     sockets back to the guest.
+//
+// A frame that fails parsing is counted by reason and dropped; nothing a
+// guest sends can stop either loop.
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/gopasst/gopasst/internal/fwd"
+	"github.com/gopasst/gopasst/internal/l2"
+	"github.com/gopasst/gopasst/internal/log"
+	"github.com/gopasst/gopasst/internal/packet"
+	"github.com/gopasst/gopasst/internal/stats"
+	"github.com/gopasst/gopasst/internal/tap"
+	"github.com/gopasst/gopasst/internal/udp"
+)
+
+// Batch is the most frames read from the endpoint per wake-up.
+const Batch = 64
+
+// MaxFrame is the largest frame read from the endpoint.
+const MaxFrame = 65536
+
+// Engine ties an endpoint to the L2 responder and the UDP engine.
+type Engine struct {
+	EP    tap.Endpoint
+	L2    *l2.Responder
+	UDP   *udp.Engine // nil with --no-udp
+	Guest *fwd.Guest
+	Stats *stats.Counters
+	// IPv4 and IPv6 say which families are served.
+	IPv4, IPv6 bool
+}
+
+// Run starts the UDP loop and reads frames until the endpoint is closed or
+// fails. It returns nil after Close.
+func (e *Engine) Run() error {
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	if e.UDP != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := e.UDP.Run(); err != nil {
+				errc <- err
+				e.EP.Close()
+			}
+		}()
+	}
+	err := e.readLoop()
+	if errors.Is(err, tap.ErrClosed) {
+		err = nil
+	}
+	if e.UDP != nil {
+		e.UDP.Close()
+	}
+	wg.Wait()
+	select {
+	case uerr := <-errc:
+		if err == nil {
+			err = uerr
+		}
+	default:
+	}
+	return err
+}
+
+// Close stops Run.
+func (e *Engine) Close() {
+	e.EP.Close()
+}
+
+func (e *Engine) readLoop() error {
+	bufs := make([][]byte, Batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, MaxFrame)
+	}
+	lens := make([]int, Batch)
+	parsed := make([]packet.Parsed, Batch)
+	udpPkts := make([]*packet.Parsed, 0, Batch)
+	reply := make([]byte, 512)
+	for {
+		n, err := e.EP.ReadBatch(bufs, lens)
+		if err != nil {
+			return fmt.Errorf("reading from guest: %w", err)
+		}
+		e.Stats.TapRxFrames.Add(uint64(n))
+		udpPkts = udpPkts[:0]
+		for i := 0; i < n; i++ {
+			p := &parsed[i]
+			if d := packet.Parse(bufs[i][:lens[i]], p); d != packet.DropNone {
+				e.Stats.DropFrame(d)
+				if log.Enabled(log.LevelTrace) {
+					log.Tracef("dropping frame of %d bytes: %v", lens[i], d)
+				}
+				continue
+			}
+			e.Guest.SeeMAC(p.Src)
+			switch {
+			case p.EtherType == packet.EtherTypeARP:
+				if !e.IPv4 {
+					continue
+				}
+			case p.EtherType == packet.EtherTypeIPv4 && !e.IPv4, p.EtherType == packet.EtherTypeIPv6 && !e.IPv6:
+				e.Stats.Drop(stats.DropUnsupported)
+				continue
+			case p.Proto == packet.ProtoUDP:
+				if e.UDP == nil {
+					e.Stats.Drop(stats.DropUnsupported)
+					continue
+				}
+				e.Guest.SeeAddr(p.Src4)
+				udpPkts = append(udpPkts, p)
+				continue
+			case p.Proto != packet.ProtoICMPv6:
+				e.Stats.Drop(stats.DropUnsupported)
+				continue
+			}
+			if m := e.L2.Handle(p, reply); m > 0 {
+				if err := e.EP.WriteFrame(reply[:m]); err != nil {
+					e.Stats.Drop(stats.DropTapWrite)
+				} else {
+					e.Stats.L2Replies.Add(1)
+					e.Stats.TapTxFrames.Add(1)
+				}
+			}
+		}
+		if len(udpPkts) > 0 {
+			e.UDP.HandleTap(udpPkts)
+		}
+	}
+}

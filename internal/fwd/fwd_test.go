@@ -1,0 +1,112 @@
+package fwd
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/gopasst/gopasst/internal/flow"
+	"github.com/gopasst/gopasst/internal/packet"
+)
+
+var a = netip.MustParseAddr
+
+func rules() *Rules {
+	return &Rules{
+		Gateway4: a("192.0.2.1"), Gateway6: a("2001:db8::1"),
+		HostAddrs: []netip.Addr{a("192.0.2.2"), a("2001:db8::2")},
+		IPv4:      true, IPv6: true,
+	}
+}
+
+func TestFromTap(t *testing.T) {
+	cases := []struct {
+		name      string
+		r         func(*Rules)
+		ini, want flow.Side
+		v         Verdict
+	}{
+		{"gw4 to loopback", nil,
+			flow.Side{EAddr: a("192.0.2.2"), EPort: 4000, FAddr: a("192.0.2.1"), FPort: 53},
+			flow.Side{EAddr: a("127.0.0.1"), EPort: 53, FAddr: a("0.0.0.0"), FPort: 4000}, OK},
+		{"gw6 to loopback", nil,
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 4000, FAddr: a("2001:db8::1"), FPort: 53},
+			flow.Side{EAddr: a("::1"), EPort: 53, FAddr: a("::"), FPort: 4000}, OK},
+		{"no-map-gw", func(r *Rules) { r.NoMapGW = true },
+			flow.Side{EAddr: a("192.0.2.2"), EPort: 4000, FAddr: a("192.0.2.1"), FPort: 53},
+			flow.Side{EAddr: a("192.0.2.1"), EPort: 53, FAddr: a("0.0.0.0"), FPort: 4000}, OK},
+		{"remote as is", nil,
+			flow.Side{EAddr: a("192.0.2.2"), EPort: 4000, FAddr: a("198.51.100.1"), FPort: 7},
+			flow.Side{EAddr: a("198.51.100.1"), EPort: 7, FAddr: a("0.0.0.0"), FPort: 4000}, OK},
+		{"outbound address", func(r *Rules) { r.Outbound6 = a("2001:db8::9") },
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 4000, FAddr: a("2001:db8:1::1"), FPort: 7},
+			flow.Side{EAddr: a("2001:db8:1::1"), EPort: 7, FAddr: a("2001:db8::9"), FPort: 4000}, OK},
+		{"multicast dest", nil, flow.Side{EAddr: a("192.0.2.2"), EPort: 1, FAddr: a("224.0.0.251"), FPort: 5353}, flow.Side{}, BadDest},
+		{"broadcast dest", nil, flow.Side{EAddr: a("192.0.2.2"), EPort: 1, FAddr: a("255.255.255.255"), FPort: 67}, flow.Side{}, BadDest},
+		{"port 0 dest", nil, flow.Side{EAddr: a("192.0.2.2"), EPort: 1, FAddr: a("192.0.2.1"), FPort: 0}, flow.Side{}, BadDest},
+		{"port 0 source", nil, flow.Side{EAddr: a("192.0.2.2"), EPort: 0, FAddr: a("192.0.2.1"), FPort: 1}, flow.Side{}, BadSource},
+		{"unspecified source", nil, flow.Side{EAddr: a("0.0.0.0"), EPort: 68, FAddr: a("192.0.2.1"), FPort: 1}, flow.Side{}, BadSource},
+		{"link-local dest", nil, flow.Side{EAddr: a("2001:db8::2"), EPort: 1, FAddr: a("fe80::5"), FPort: 1}, flow.Side{}, BadDest},
+		{"v6 off", func(r *Rules) { r.IPv6 = false }, flow.Side{EAddr: a("2001:db8::2"), EPort: 1, FAddr: a("2001:db8::1"), FPort: 1}, flow.Side{}, FamilyOff},
+	}
+	for _, c := range cases {
+		r := rules()
+		if c.r != nil {
+			c.r(r)
+		}
+		got, v := r.FromTap(c.ini)
+		if v != c.v || got != c.want {
+			t.Errorf("%s: got %v %v, want %v %v", c.name, got, v, c.want, c.v)
+		}
+	}
+}
+
+func TestFromHost(t *testing.T) {
+	g := NewGuest(a("192.0.2.2"), a("2001:db8::2"))
+	cases := []struct {
+		name      string
+		r         func(*Rules)
+		ini, want flow.Side
+		v         Verdict
+	}{
+		{"loopback appears as gateway", nil,
+			flow.Side{EAddr: a("127.0.0.1"), EPort: 5555, FAddr: a("0.0.0.0"), FPort: 10001},
+			flow.Side{EAddr: a("192.0.2.2"), EPort: 10002, FAddr: a("192.0.2.1"), FPort: 5555}, OK},
+		{"host address appears as gateway", nil,
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 5555, FAddr: a("::"), FPort: 10001},
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 10002, FAddr: a("2001:db8::1"), FPort: 5555}, OK},
+		{"remote kept", nil,
+			flow.Side{EAddr: a("198.51.100.1"), EPort: 5555, FAddr: a("0.0.0.0"), FPort: 10001},
+			flow.Side{EAddr: a("192.0.2.2"), EPort: 10002, FAddr: a("198.51.100.1"), FPort: 5555}, OK},
+		{"loopback without mapping", func(r *Rules) { r.NoMapGW = true },
+			flow.Side{EAddr: a("::1"), EPort: 5555, FAddr: a("::"), FPort: 10001}, flow.Side{}, Unmappable},
+	}
+	for _, c := range cases {
+		r := rules()
+		if c.r != nil {
+			c.r(r)
+		}
+		got, v := r.FromHost(c.ini, 10002, g)
+		if v != c.v || got != c.want {
+			t.Errorf("%s: got %v %v, want %v %v", c.name, got, v, c.want, c.v)
+		}
+	}
+}
+
+func TestGuestLearning(t *testing.T) {
+	g := NewGuest(netip.Addr{}, netip.Addr{})
+	if g.MAC() != packet.BroadcastMAC {
+		t.Fatal("unknown MAC should be broadcast")
+	}
+	m := packet.MAC{0x02, 1, 2, 3, 4, 5}
+	g.SeeMAC(m)
+	g.SeeMAC(packet.MAC{0x33, 0x33, 0, 0, 0, 1}) // multicast: ignored
+	if g.MAC() != m {
+		t.Fatalf("MAC %v", g.MAC())
+	}
+	g.SeeAddr(a("fe80::1"))
+	g.SeeAddr(a("2001:db8::5"))
+	g.SeeAddr(a("192.0.2.9"))
+	if g.Addr6() != a("2001:db8::5") || g.Addr4() != a("192.0.2.9") {
+		t.Fatalf("addrs %v %v", g.Addr4(), g.Addr6())
+	}
+}

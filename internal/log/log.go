@@ -1,0 +1,100 @@
+// Package log is gopasst's small leveled logger.
+//
+// Messages go to one writer (standard error, or a file given with -l) with a
+// timestamp in seconds since start, as the reference does. The level is a
+// single atomic value, so checking whether a level is enabled costs one
+// load: hot paths call [Enabled] before formatting anything.
+package log
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Level orders messages by verbosity.
+type Level int32
+
+// Levels, from always shown to shown only with --trace.
+const (
+	LevelError Level = iota
+	LevelWarn
+	LevelInfo
+	LevelDebug
+	LevelTrace
+)
+
+var (
+	level atomic.Int32
+	mu    sync.Mutex
+	out   io.Writer = os.Stderr
+	start           = time.Now()
+	// limit, when non-zero, caps the size of a log file: when a write would
+	// pass it, the file is truncated and starts over.
+	limit   int64
+	written int64
+)
+
+func init() { level.Store(int32(LevelInfo)) }
+
+// SetLevel sets the most verbose level that is printed.
+func SetLevel(l Level) { level.Store(int32(l)) }
+
+// Enabled reports whether messages at l are printed.
+func Enabled(l Level) bool { return Level(level.Load()) >= l }
+
+// SetOutput sends messages to w.
+func SetOutput(w io.Writer) {
+	mu.Lock()
+	out, limit, written = w, 0, 0
+	mu.Unlock()
+}
+
+// OpenFile sends messages to the file at path, truncated, keeping it under
+// size bytes.
+func OpenFile(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	mu.Lock()
+	out, limit, written = f, size, 0
+	mu.Unlock()
+	return nil
+}
+
+func logf(l Level, format string, args ...any) {
+	if !Enabled(l) {
+		return
+	}
+	d := time.Since(start)
+	msg := fmt.Sprintf("%d.%04d: "+format+"\n", append([]any{int64(d / time.Second), int64(d%time.Second) / 100000}, args...)...)
+	mu.Lock()
+	defer mu.Unlock()
+	if limit > 0 && written+int64(len(msg)) > limit {
+		if f, ok := out.(*os.File); ok {
+			_ = f.Truncate(0)
+		}
+		written = 0
+	}
+	n, _ := io.WriteString(out, msg)
+	written += int64(n)
+}
+
+// Errorf logs an error.
+func Errorf(format string, args ...any) { logf(LevelError, format, args...) }
+
+// Warnf logs a warning.
+func Warnf(format string, args ...any) { logf(LevelWarn, format, args...) }
+
+// Infof logs an informational message (hidden by -q).
+func Infof(format string, args ...any) { logf(LevelInfo, format, args...) }
+
+// Debugf logs a debugging message (-d).
+func Debugf(format string, args ...any) { logf(LevelDebug, format, args...) }
+
+// Tracef logs a per-packet message (--trace).
+func Tracef(format string, args ...any) { logf(LevelTrace, format, args...) }

@@ -1,0 +1,444 @@
+// Package pasta runs gopasst in pasta mode: it gives a network namespace,
+// new or existing, a tap device whose traffic gopasst translates to host
+// sockets.
+//
+// # Theory of operation
+//
+// Start-up, in order:
+//
+//  1. Privileges. Unprivileged, gopasst re-executes itself inside a new
+//     user namespace where it is root (or, to join an existing namespace,
+//     inside that namespace's owner); it stays in the host's network
+//     namespace, so its sockets are ordinary host sockets. As root none of
+//     this is needed.
+//  2. Host view. The uplink (the interface of the default route, or -i)
+//     gives the addresses, gateways and interface name the namespace copies.
+//  3. Namespace. A new network namespace, or the target's; the tap device is
+//     created inside it, and with --config-net it gets the host's
+//     addresses and default routes over netlink.
+//  4. Data path. The UDP engine opens the -u listening sockets; the tap
+//     reader and the socket loop start (package engine).
+//  5. The command (default: the user's shell) is started inside the
+//     namespace; gopasst exits with its exit status when it ends. Joining
+//     an existing namespace, gopasst instead runs until the namespace goes
+//     away (unless --no-netns-quit) or it is told to stop.
+package pasta
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasst/gopasst/internal/conf"
+	"github.com/gopasst/gopasst/internal/engine"
+	"github.com/gopasst/gopasst/internal/fwd"
+	"github.com/gopasst/gopasst/internal/l2"
+	"github.com/gopasst/gopasst/internal/log"
+	"github.com/gopasst/gopasst/internal/netns"
+	"github.com/gopasst/gopasst/internal/packet"
+	"github.com/gopasst/gopasst/internal/stats"
+	"github.com/gopasst/gopasst/internal/tap"
+	"github.com/gopasst/gopasst/internal/udp"
+)
+
+// DefaultMAC is the MAC address gopasst uses towards the guest, as the
+// reference does.
+var DefaultMAC = packet.MAC{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}
+
+// Run runs pasta mode with cfg and returns the process exit status.
+func Run(cfg *conf.Config) int {
+	if targetNetns(cfg) == "" {
+		// The command owns the terminal: like the reference, say
+		// nothing unless asked to.
+		if !cfg.Debug {
+			log.SetLevel(log.LevelWarn)
+		}
+	} else if !cfg.Foreground && !inBackground() {
+		return background()
+	}
+	if code, done, err := enterUserNS(cfg); err != nil {
+		log.Errorf("%v", err)
+		return 1
+	} else if done {
+		return code
+	}
+	code, err := run(cfg)
+	if err != nil {
+		log.Errorf("%v", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// enterUserNS re-executes gopasst in the right user namespace when it is
+// not root.
+func enterUserNS(cfg *conf.Config) (int, bool, error) {
+	if os.Geteuid() == 0 || netns.InUserNSChild() {
+		return 0, false, nil
+	}
+	target := targetNetns(cfg)
+	if target == "" {
+		return netns.EnterUserNS()
+	}
+	userns := cfg.Userns
+	if userns == "" && cfg.TargetPID > 0 && !cfg.NetnsOnly {
+		userns = fmt.Sprintf("/proc/%d/ns/user", cfg.TargetPID)
+	}
+	if userns == "" {
+		// --netns-only (implied by a path without --userns): the
+		// caller must already be allowed to enter the namespace.
+		return 0, false, nil
+	}
+	return netns.JoinUserNS(userns)
+}
+
+// targetNetns is the path of the namespace to join, "" to create one.
+func targetNetns(cfg *conf.Config) string {
+	switch {
+	case cfg.Netns != "":
+		return cfg.Netns
+	case cfg.TargetPID > 0:
+		return fmt.Sprintf("/proc/%d/ns/net", cfg.TargetPID)
+	}
+	return ""
+}
+
+// setup is everything derived from the configuration and the host.
+type setup struct {
+	ifname       string
+	mtu          int
+	addr4        netip.Prefix
+	gw4          netip.Addr
+	addr6        netip.Prefix
+	gw6          netip.Addr
+	ipv4, ipv6   bool
+	ourMAC       packet.MAC
+	hostAddrs    []netip.Addr
+	forwards     []udp.Forward
+	timeout      time.Duration
+	streamTimout time.Duration
+}
+
+func derive(cfg *conf.Config) (*setup, error) {
+	up, err := netns.HostUplink(cfg.Interface)
+	if err != nil && cfg.Interface != "" {
+		return nil, fmt.Errorf("interface %s: %w", cfg.Interface, err)
+	}
+	s := &setup{mtu: cfg.MTU, ourMAC: DefaultMAC}
+	if len(cfg.MAC) == 6 {
+		s.ourMAC = packet.MAC(cfg.MAC)
+	}
+	s.ifname = cfg.NSIfname
+	if s.ifname == "" {
+		s.ifname = up.Ifname
+	}
+	if s.ifname == "" {
+		s.ifname = "tap0"
+	}
+	s.addr4, s.gw4 = up.Addr4, up.Gateway4
+	if cfg.Addr4.IsValid() {
+		s.addr4 = cfg.Addr4
+	}
+	if cfg.Gateway4.IsValid() {
+		s.gw4 = cfg.Gateway4
+	}
+	s.addr6, s.gw6 = up.Addr6, up.Gateway6
+	if cfg.Addr6.IsValid() {
+		s.addr6 = netip.PrefixFrom(cfg.Addr6, 64)
+	}
+	if cfg.Gateway6.IsValid() {
+		s.gw6 = cfg.Gateway6
+	}
+	s.ipv4 = !cfg.IPv6Only && s.addr4.IsValid()
+	s.ipv6 = !cfg.IPv4Only && s.addr6.IsValid()
+	if !s.ipv4 && !s.ipv6 {
+		return nil, errors.New("no IPv4 or IPv6 address to give the namespace: use -a")
+	}
+	s.hostAddrs = hostAddrs()
+	s.timeout, s.streamTimout = conntrackTimeouts()
+	if cfg.UDPTimeout > 0 {
+		s.timeout, s.streamTimout = cfg.UDPTimeout, cfg.UDPTimeout
+	}
+	s.forwards = expandForwards(cfg.UDPFwd, s.ipv4, s.ipv6)
+	return s, nil
+}
+
+// expandForwards turns -u rules into one listening socket per port and
+// address family.
+func expandForwards(f conf.Forward, v4, v6 bool) []udp.Forward {
+	if f.Mode != conf.FwdSpec {
+		return nil
+	}
+	var out []udp.Forward
+	for _, r := range f.Rules {
+		for p := uint32(r.First); p <= uint32(r.Last); p++ {
+			to := uint16(uint32(r.ToFirst) + p - uint32(r.First))
+			switch {
+			case r.Addr.IsValid():
+				a := r.Addr.Unmap()
+				if a.Is4() && v4 || a.Is6() && v6 {
+					out = append(out, udp.Forward{Addr: a, Ifname: r.Ifname, Port: uint16(p), ToPort: to})
+				}
+			default:
+				if v4 {
+					out = append(out, udp.Forward{Addr: netip.IPv4Unspecified(), Ifname: r.Ifname, Port: uint16(p), ToPort: to})
+				}
+				if v6 {
+					out = append(out, udp.Forward{Addr: netip.IPv6Unspecified(), Ifname: r.Ifname, Port: uint16(p), ToPort: to})
+				}
+			}
+		}
+	}
+	return out
+}
+
+// hostAddrs lists the host's own unicast addresses.
+func hostAddrs() []netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && !ip.IsLoopback() {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
+}
+
+// conntrackTimeouts reads the host's UDP conntrack timeouts, the ones a
+// NAT router would apply, falling back to the kernel's defaults.
+func conntrackTimeouts() (time.Duration, time.Duration) {
+	read := func(name string, def int) time.Duration {
+		b, err := os.ReadFile("/proc/sys/net/netfilter/" + name)
+		if err == nil {
+			if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v > 0 {
+				def = v
+			}
+		}
+		return time.Duration(def) * time.Second
+	}
+	return read("nf_conntrack_udp_timeout", 30), read("nf_conntrack_udp_timeout_stream", 120)
+}
+
+func run(cfg *conf.Config) (int, error) {
+	raiseNofile()
+	s, err := derive(cfg)
+	if err != nil {
+		return 1, err
+	}
+	var ns *netns.NS
+	if path := targetNetns(cfg); path != "" {
+		ns, err = netns.Open(path)
+	} else {
+		ns, err = netns.New()
+	}
+	if err != nil {
+		return 1, fmt.Errorf("network namespace: %w", err)
+	}
+	defer ns.Close()
+
+	tapfd, _, err := ns.CreateTap(s.ifname, s.mtu, cfg.NSMAC)
+	if err != nil {
+		return 1, fmt.Errorf("tap device %s: %w", s.ifname, err)
+	}
+	ifc := netns.IfConfig{Ifname: s.ifname, MTU: s.mtu, Up: cfg.ConfigNet}
+	if cfg.ConfigNet {
+		if s.ipv4 {
+			ifc.Addr4, ifc.Gateway4 = s.addr4, s.gw4
+		}
+		if s.ipv6 {
+			ifc.Addr6, ifc.Gateway6 = s.addr6, s.gw6
+		}
+	}
+	if err := ns.Configure(ifc); err != nil {
+		return 1, fmt.Errorf("configuring namespace: %w", err)
+	}
+
+	dev, err := tap.NewDevice(tapfd)
+	if err != nil {
+		return 1, err
+	}
+	st := &stats.Counters{}
+	guest := fwd.NewGuest(s.addr4.Addr(), s.addr6.Addr())
+	if !s.ipv4 {
+		guest = fwd.NewGuest(netip.Addr{}, s.addr6.Addr())
+	}
+	if !s.ipv6 {
+		guest = fwd.NewGuest(s.addr4.Addr(), netip.Addr{})
+	}
+	rules := &fwd.Rules{Gateway4: s.gw4, Gateway6: s.gw6, NoMapGW: cfg.NoMapGW, HostAddrs: s.hostAddrs,
+		Outbound4: cfg.Outbound4, Outbound6: cfg.Outbound6, IPv4: s.ipv4, IPv6: s.ipv6}
+	eng := &engine.Engine{
+		EP: dev, Guest: guest, Stats: st, IPv4: s.ipv4, IPv6: s.ipv6,
+		L2: &l2.Responder{OurMAC: s.ourMAC, Guest: guest, Prefix6: s.addr6, MTU: cfg.MTU,
+			NoNDP: cfg.NoNDP, NoRA: cfg.NoRA || cfg.ConfigNet},
+	}
+	if !cfg.NoUDP {
+		eng.UDP, err = udp.New(udp.Config{Rules: rules, Guest: guest, OurMAC: s.ourMAC, Tap: dev, Stats: st,
+			Forwards: s.forwards, Timeout: s.timeout, StreamTimeout: s.streamTimout, MaxFlows: cfg.MaxFlows})
+		if err != nil {
+			return 1, err
+		}
+	}
+	log.Infof("Outbound interface: %s, namespace interface: %s, namespace: %s", orNone(cfg.Interface), s.ifname, ns.Path())
+	if s.ipv4 {
+		log.Infof("IPv4: %s, gateway %s", s.addr4, s.gw4)
+	}
+	if s.ipv6 {
+		log.Infof("IPv6: %s, gateway %s", s.addr6, s.gw6)
+	}
+	if len(s.forwards) > 0 {
+		log.Infof("UDP: %d forwarded host port sockets", len(s.forwards))
+	}
+	if cfg.PIDFile != "" {
+		if err := os.WriteFile(cfg.PIDFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+			return 1, fmt.Errorf("PID file: %w", err)
+		}
+		defer os.Remove(cfg.PIDFile)
+	}
+
+	engErr := make(chan error, 1)
+	go func() { engErr <- eng.Run() }()
+	defer func() {
+		eng.Close()
+		<-engErr
+		if log.Enabled(log.LevelDebug) {
+			log.Debugf("counters:\n%s", st)
+		}
+	}()
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	if targetNetns(cfg) != "" {
+		if inBackground() {
+			ready()
+		}
+		return waitTarget(cfg, engErr, sigs)
+	}
+	return runCommand(cfg, ns, engErr, sigs)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(default route)"
+	}
+	return s
+}
+
+// runCommand starts the command in the namespace and waits for it.
+func runCommand(cfg *conf.Config, ns *netns.NS, engErr chan error, sigs chan os.Signal) (int, error) {
+	argv := cfg.Command
+	if len(argv) == 0 {
+		sh := os.Getenv("SHELL")
+		if sh == "" {
+			sh = "/bin/sh"
+		}
+		argv = []string{sh}
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return 1, fmt.Errorf("command %q: %w", argv[0], err)
+	}
+	cmd := &exec.Cmd{Path: path, Args: argv, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+	if len(cfg.Command) == 0 {
+		cmd.Args = []string{"-" + filepath.Base(path)} // a login shell, as the reference starts it
+	}
+	if err := ns.StartCommand(cmd); err != nil {
+		return 1, fmt.Errorf("starting %q: %w", argv[0], err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var kill <-chan time.Time
+	for {
+		select {
+		case err := <-done:
+			return exitStatus(cmd, err), nil
+		case err := <-engErr:
+			engErr <- err // for the deferred wait
+			_ = cmd.Process.Kill()
+			<-done
+			return 1, fmt.Errorf("data path stopped: %v", err)
+		case sig := <-sigs:
+			if sig == syscall.SIGINT {
+				// The terminal sent it to the command too: its
+				// choice whether to end.
+				continue
+			}
+			log.Infof("%v: stopping the command", sig)
+			_ = cmd.Process.Signal(sig)
+			kill = time.After(2 * time.Second)
+		case <-kill:
+			_ = cmd.Process.Kill()
+		}
+	}
+}
+
+func exitStatus(cmd *exec.Cmd, err error) int {
+	if err == nil {
+		return 0
+	}
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
+		if ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		return ws.ExitStatus()
+	}
+	return 1
+}
+
+// waitTarget serves an existing namespace until it disappears or a signal.
+func waitTarget(cfg *conf.Config, engErr chan error, sigs chan os.Signal) (int, error) {
+	path := targetNetns(cfg)
+	var ident unix.Stat_t
+	_ = unix.Stat(path, &ident)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-engErr:
+			engErr <- err
+			return 1, fmt.Errorf("data path stopped: %v", err)
+		case sig := <-sigs:
+			log.Infof("%v: exiting", sig)
+			return 0, nil
+		case <-tick.C:
+			if cfg.NoNetnsQuit {
+				continue
+			}
+			var now unix.Stat_t
+			if err := unix.Stat(path, &now); err != nil || now.Ino != ident.Ino || now.Dev != ident.Dev {
+				log.Infof("Namespace %s is gone, exiting", path)
+				return 0, nil
+			}
+		}
+	}
+}
+
+// raiseNofile lifts the soft open-file limit to the hard one: every flow
+// holds a socket.
+func raiseNofile() {
+	var r unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &r) == nil && r.Cur < r.Max {
+		r.Cur = r.Max
+		_ = unix.Setrlimit(unix.RLIMIT_NOFILE, &r)
+	}
+}

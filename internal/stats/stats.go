@@ -1,0 +1,91 @@
+// Package stats holds gopasst's counters: datagrams and bytes per direction
+// and drops by reason.
+//
+// Every counter is an atomic so that the tap reader and the socket loop can
+// count without sharing a lock; the hot path does one atomic add per batch
+// where it can, per datagram where it must. [Counters.String] renders them
+// for the exit report printed with -d.
+package stats
+
+import (
+	"fmt"
+	"strings"
+	"sync/atomic"
+
+	"github.com/gopasst/gopasst/internal/packet"
+)
+
+// Reason is why a frame or datagram was dropped.
+type Reason uint8
+
+// Drop reasons beyond the malformed-frame ones of package packet.
+const (
+	DropMalformed   Reason = iota // frame failed parsing (see Malformed)
+	DropNoFlow                    // no flow could be found or created
+	DropTableFull                 // flow table full
+	DropSockErr                   // a socket refused the datagram
+	DropTapWrite                  // writing to the tap failed
+	DropMulticast                 // multicast or broadcast destination
+	DropUnmappable                // source that cannot be shown to the guest
+	DropUnsupported               // protocol not handled
+	NumReasons                    // number of reasons
+)
+
+var reasonNames = [NumReasons]string{"malformed", "no-flow", "table-full", "socket-error", "tap-write", "multicast", "unmappable", "unsupported"}
+
+// String names the reason.
+func (r Reason) String() string {
+	if r < NumReasons {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// Counters are the process-wide counters.
+type Counters struct {
+	TapRxFrames    atomic.Uint64 // frames read from the tap
+	TapTxFrames    atomic.Uint64 // frames written to the tap
+	UDPToHost      atomic.Uint64 // datagrams from the guest sent to host sockets
+	UDPToHostBytes atomic.Uint64 // their payload bytes
+	UDPToTap       atomic.Uint64 // datagrams from host sockets written to the tap
+	UDPToTapBytes  atomic.Uint64 // their payload bytes
+	L2Replies      atomic.Uint64 // ARP and NDP replies sent
+	FlowsCreated   atomic.Uint64 // UDP flows created
+	FlowsExpired   atomic.Uint64 // UDP flows expired
+	ActiveFlows    atomic.Int64  // UDP flows alive now
+
+	Drops     [NumReasons]atomic.Uint64
+	Malformed [packet.NumDrops]atomic.Uint64
+}
+
+// Drop counts one drop for reason r.
+func (c *Counters) Drop(r Reason) { c.Drops[r].Add(1) }
+
+// DropFrame counts a frame that failed parsing with reason d.
+func (c *Counters) DropFrame(d packet.Drop) {
+	c.Drops[DropMalformed].Add(1)
+	c.Malformed[d].Add(1)
+}
+
+// String renders all counters, one "name: value" per line.
+func (c *Counters) String() string {
+	var b strings.Builder
+	line := func(name string, v any) { fmt.Fprintf(&b, "%s: %v\n", name, v) }
+	line("tap frames in", c.TapRxFrames.Load())
+	line("tap frames out", c.TapTxFrames.Load())
+	line("udp datagrams to host", c.UDPToHost.Load())
+	line("udp bytes to host", c.UDPToHostBytes.Load())
+	line("udp datagrams to tap", c.UDPToTap.Load())
+	line("udp bytes to tap", c.UDPToTapBytes.Load())
+	line("l2 replies", c.L2Replies.Load())
+	line("udp flows created", c.FlowsCreated.Load())
+	line("udp flows expired", c.FlowsExpired.Load())
+	line("udp flows active", c.ActiveFlows.Load())
+	for r := Reason(0); r < NumReasons; r++ {
+		line("drop "+r.String(), c.Drops[r].Load())
+	}
+	for d := packet.Drop(1); d < packet.NumDrops; d++ {
+		line("malformed "+d.String(), c.Malformed[d].Load())
+	}
+	return b.String()
+}

@@ -1,0 +1,150 @@
+package udp
+
+import (
+	"errors"
+	"net/netip"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// putSockaddr writes ap into sa as a sockaddr_in or sockaddr_in6 and returns
+// its length.
+func putSockaddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) uint32 {
+	port := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	port[0], port[1] = byte(ap.Port()>>8), byte(ap.Port())
+	if ap.Addr().Is4() {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		sa4.Family = unix.AF_INET
+		sa4.Addr = ap.Addr().As4()
+		sa4.Zero = [8]uint8{}
+		return unix.SizeofSockaddrInet4
+	}
+	sa.Family = unix.AF_INET6
+	sa.Flowinfo = 0
+	sa.Addr = ap.Addr().As16()
+	sa.Scope_id = 0
+	return unix.SizeofSockaddrInet6
+}
+
+// getSockaddr reads the address a recvmmsg call stored in sa; IPv4-mapped
+// IPv6 addresses are unmapped.
+func getSockaddr(sa *unix.RawSockaddrInet6) netip.AddrPort {
+	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	port := uint16(p[0])<<8 | uint16(p[1])
+	if sa.Family == unix.AF_INET {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
+}
+
+func sockaddr(ap netip.AddrPort) unix.Sockaddr {
+	if ap.Addr().Is4() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+}
+
+func recvmmsg(fd int, msgs []unix.Mmsghdr) (int, error) {
+	n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])),
+		uintptr(len(msgs)), unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+func sendmmsg(fd int, msgs []unix.Mmsghdr) (int, error) {
+	n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])),
+		uintptr(len(msgs)), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// sockBufSize is what we ask for as send and receive buffers: room for a
+// few dozen of the largest datagrams.
+const sockBufSize = 4 << 20
+
+// newSocket opens a non-blocking UDP socket for addr's family, with
+// SO_REUSEADDR, large buffers and, for IPv6, IPV6_V6ONLY.
+func newSocket(addr netip.Addr, ifname string) (int, error) {
+	family := unix.AF_INET6
+	if addr.Is4() {
+		family = unix.AF_INET
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return -1, err
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	if family == unix.AF_INET6 {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+	}
+	for _, o := range [][2]int{{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}, {unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}} {
+		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, o[0], sockBufSize) != nil {
+			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, o[1], sockBufSize)
+		}
+	}
+	if ifname != "" {
+		if err := unix.BindToDevice(fd, ifname); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+	}
+	return fd, nil
+}
+
+// listenSocket opens a socket bound to addr:port.
+func listenSocket(addr netip.Addr, port uint16, ifname string) (int, error) {
+	fd, err := newSocket(addr, ifname)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(addr, port))); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// replySocket opens a socket bound to local (its port kept if free, an
+// ephemeral one otherwise) and connected to remote. It returns the port it
+// got.
+func replySocket(local, remote netip.AddrPort) (int, uint16, error) {
+	fd, err := newSocket(remote.Addr(), "")
+	if err != nil {
+		return -1, 0, err
+	}
+	err = unix.Bind(fd, sockaddr(local))
+	if err != nil && local.Port() != 0 && (errors.Is(err, unix.EADDRINUSE) || errors.Is(err, unix.EACCES)) {
+		err = unix.Bind(fd, sockaddr(netip.AddrPortFrom(local.Addr(), 0)))
+	}
+	if err == nil {
+		err = unix.Connect(fd, sockaddr(remote))
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, 0, err
+	}
+	port := local.Port()
+	if sa, err := unix.Getsockname(fd); err == nil {
+		switch sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			port = uint16(sa.Port)
+		case *unix.SockaddrInet6:
+			port = uint16(sa.Port)
+		}
+	}
+	// Anything that arrived between bind and connect came from another
+	// peer: it is not part of this flow.
+	var b [1]byte
+	for range 64 {
+		if _, _, err := unix.Recvfrom(fd, b[:], unix.MSG_DONTWAIT|unix.MSG_TRUNC); err != nil {
+			break
+		}
+	}
+	return fd, port, nil
+}

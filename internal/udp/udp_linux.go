@@ -1,0 +1,578 @@
+package udp
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasst/gopasst/internal/flow"
+	"github.com/gopasst/gopasst/internal/fwd"
+	"github.com/gopasst/gopasst/internal/log"
+	"github.com/gopasst/gopasst/internal/packet"
+	"github.com/gopasst/gopasst/internal/stats"
+)
+
+// FrameWriter sends one Ethernet frame to the guest.
+type FrameWriter interface {
+	WriteFrame(frame []byte) error
+}
+
+// Forward is one forwarded host port: a listening socket on Addr:Port
+// (Addr unspecified for any address of its family), optionally bound to a
+// device, whose datagrams go to the guest's port ToPort.
+type Forward struct {
+	Addr   netip.Addr
+	Ifname string
+	Port   uint16
+	ToPort uint16
+}
+
+// Config is what an Engine needs.
+type Config struct {
+	Rules    *fwd.Rules
+	Guest    *fwd.Guest
+	OurMAC   packet.MAC
+	Tap      FrameWriter
+	Stats    *stats.Counters
+	Forwards []Forward
+	// Timeout expires flows that saw traffic from one side only,
+	// StreamTimeout flows that saw both.
+	Timeout, StreamTimeout time.Duration
+	// MaxFlows bounds the flow table.
+	MaxFlows int
+}
+
+// Batch is the most datagrams moved by one recvmmsg or sendmmsg.
+const Batch = 64
+
+const bufSize = packet.MaxHeadroom + 65535
+
+// Epoll data: the flow or listener index in Fd, kind, side and generation
+// in Pad.
+const (
+	kindWake     = 1
+	kindListener = 2
+	kindReply    = 3
+	genMask      = 1<<27 - 1
+)
+
+func evData(kind, side int, idx int32, gen uint32) unix.EpollEvent {
+	return unix.EpollEvent{Events: unix.EPOLLIN, Fd: idx, Pad: int32(kind<<28 | side<<27 | int(gen&genMask))}
+}
+
+type listener struct {
+	fd   int
+	addr netip.Addr // bound address, unspecified for any
+	port uint16
+	to   uint16
+}
+
+// rxBatch holds the buffers of the socket loop: payloads land after the
+// headroom, the sender's address in names.
+type rxBatch struct {
+	bufs  [][]byte
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet6
+	msgs  []unix.Mmsghdr
+	to    []flow.Side
+	ok    []bool
+}
+
+// txBatch holds the message headers of the tap path; iovecs point into
+// the frames being forwarded.
+type txBatch struct {
+	iovs []unix.Iovec
+	name unix.RawSockaddrInet6
+	msgs []unix.Mmsghdr
+}
+
+// Engine is the UDP translation: it owns the flow table, the listening and
+// reply sockets and the epoll loop over them.
+type Engine struct {
+	cfg   Config
+	st    *stats.Counters
+	mu    sync.Mutex
+	tab   *flow.Table
+	epfd  int
+	wake  int
+	lst   []listener
+	rx    rxBatch
+	tx    txBatch
+	clock func() int64
+
+	closeOnce sync.Once
+}
+
+// New opens the listening sockets of cfg.Forwards and returns an Engine
+// ready to Run. A forward whose port cannot be bound is an error.
+func New(cfg Config) (*Engine, error) {
+	if cfg.MaxFlows <= 0 {
+		cfg.MaxFlows = 65536
+	}
+	e := &Engine{cfg: cfg, st: cfg.Stats, tab: flow.NewTable(cfg.MaxFlows), clock: monotonic}
+	var err error
+	if e.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return nil, err
+	}
+	if e.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		unix.Close(e.epfd)
+		return nil, err
+	}
+	ev := evData(kindWake, 0, 0, 0)
+	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, e.wake, &ev); err != nil {
+		e.Close()
+		return nil, err
+	}
+	for _, f := range cfg.Forwards {
+		fd, err := listenSocket(f.Addr, f.Port, f.Ifname)
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("UDP port %s: %w", netip.AddrPortFrom(f.Addr, f.Port), err)
+		}
+		idx := int32(len(e.lst))
+		e.lst = append(e.lst, listener{fd: fd, addr: f.Addr, port: f.Port, to: f.ToPort})
+		ev := evData(kindListener, 0, idx, 0)
+		if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			e.Close()
+			return nil, err
+		}
+	}
+	e.rx = newRxBatch()
+	e.tx = txBatch{iovs: make([]unix.Iovec, Batch), msgs: make([]unix.Mmsghdr, Batch)}
+	return e, nil
+}
+
+func newRxBatch() rxBatch {
+	b := rxBatch{
+		bufs:  make([][]byte, Batch),
+		iovs:  make([]unix.Iovec, Batch),
+		names: make([]unix.RawSockaddrInet6, Batch),
+		msgs:  make([]unix.Mmsghdr, Batch),
+		to:    make([]flow.Side, Batch),
+		ok:    make([]bool, Batch),
+	}
+	for i := range b.bufs {
+		b.bufs[i] = make([]byte, bufSize)
+		b.iovs[i].Base = &b.bufs[i][packet.MaxHeadroom]
+		b.iovs[i].SetLen(bufSize - packet.MaxHeadroom)
+		b.msgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+		b.msgs[i].Hdr.Iov = &b.iovs[i]
+		b.msgs[i].Hdr.Iovlen = 1
+	}
+	return b
+}
+
+func monotonic() int64 { return time.Since(epoch).Nanoseconds() }
+
+var epoch = time.Now()
+
+// Close stops Run and closes every socket.
+func (e *Engine) Close() {
+	e.closeOnce.Do(func() {
+		if e.wake > 0 {
+			var one = [8]byte{1}
+			_, _ = unix.Write(e.wake, one[:])
+		}
+	})
+}
+
+// release closes all sockets; called by Run on its way out.
+func (e *Engine) release() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.tab.Each(func(i int32, f *flow.Flow) { e.closeFlow(i, f) })
+	for _, l := range e.lst {
+		unix.Close(l.fd)
+	}
+	e.lst = nil
+	unix.Close(e.epfd)
+	unix.Close(e.wake)
+}
+
+// Flows is the number of live flows.
+func (e *Engine) Flows() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.tab.Len()
+}
+
+// Run is the host-side loop: it moves datagrams from listening and reply
+// sockets to the guest and expires idle flows, until Close.
+func (e *Engine) Run() error {
+	defer e.release()
+	events := make([]unix.EpollEvent, 128)
+	lastExpiry := e.clock()
+	for {
+		n, err := unix.EpollWait(e.epfd, events, 1000)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("epoll_wait: %w", err)
+		}
+		for i := 0; i < n; i++ {
+			ev := &events[i]
+			kind := int(ev.Pad) >> 28
+			switch kind {
+			case kindWake:
+				return nil
+			case kindListener:
+				e.fromListener(&e.lst[ev.Fd])
+			case kindReply:
+				e.fromReply(ev.Fd, uint8(ev.Pad>>27&1), uint32(ev.Pad)&genMask, ev.Events)
+			}
+		}
+		if now := e.clock(); now-lastExpiry >= int64(time.Second) {
+			e.expire(now)
+			lastExpiry = now
+		}
+	}
+}
+
+// HandleTap forwards a batch of UDP frames from the guest. Frames with the
+// same addresses and ports that follow each other go out together.
+func (e *Engine) HandleTap(pkts []*packet.Parsed) {
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i := 0; i < len(pkts); {
+		p := pkts[i]
+		j := i + 1
+		for j < len(pkts) && j-i < Batch && sameTuple(pkts[j], p) {
+			j++
+		}
+		e.tapGroup(pkts[i:j], now)
+		i = j
+	}
+}
+
+func sameTuple(a, b *packet.Parsed) bool {
+	return a.SrcPort == b.SrcPort && a.DstPort == b.DstPort && a.Src4 == b.Src4 && a.Dst4 == b.Dst4
+}
+
+// tapGroup sends datagrams of one flow from the guest. Called with mu held.
+func (e *Engine) tapGroup(g []*packet.Parsed, now int64) {
+	p := g[0]
+	key := flow.Key{PIF: flow.PIFTap, EAddr: p.Src4, EPort: p.SrcPort, FAddr: p.Dst4, FPort: p.DstPort}
+	ref, ok := e.tab.Lookup(key)
+	if !ok {
+		ref = e.newFromTap(flow.Side{EAddr: p.Src4, EPort: p.SrcPort, FAddr: p.Dst4, FPort: p.DstPort}, now)
+		if !ref.Valid() {
+			return
+		}
+	}
+	f := e.tab.At(ref.Index)
+	f.LastSeen = now
+	f.Seen[ref.Side] = true
+	to := ref.Side ^ 1
+	if f.PIF[to] != flow.PIFHost {
+		e.st.Drops[stats.DropNoFlow].Add(uint64(len(g)))
+		return
+	}
+	var name *byte
+	var namelen uint32
+	if !f.Connected[to] {
+		s := &f.Side[to]
+		namelen = putSockaddr(&e.tx.name, netip.AddrPortFrom(s.EAddr, s.EPort))
+		name = (*byte)(unsafe.Pointer(&e.tx.name))
+	}
+	var bytes uint64
+	for k, q := range g {
+		m := &e.tx.msgs[k].Hdr
+		m.Name, m.Namelen = name, namelen
+		if len(q.Payload) > 0 {
+			e.tx.iovs[k].Base = &q.Payload[0]
+			e.tx.iovs[k].SetLen(len(q.Payload))
+			m.Iov, m.Iovlen = &e.tx.iovs[k], 1
+		} else {
+			m.Iov, m.Iovlen = nil, 0
+		}
+		bytes += uint64(len(q.Payload))
+	}
+	fd := f.Sock[to]
+	msgs := e.tx.msgs[:len(g)]
+	for len(msgs) > 0 {
+		n, err := sendmmsg(fd, msgs)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			// The first datagram was refused (a pending ICMP error,
+			// a full buffer): drop it and go on with the rest.
+			if log.Enabled(log.LevelDebug) {
+				log.Debugf("UDP flow %d: send to %s: %v", ref.Index, f.PIF[to], err)
+			}
+			e.st.Drop(stats.DropSockErr)
+			bytes -= uint64(e.tx.iovs[len(g)-len(msgs)].Len)
+			n = 1
+		}
+		msgs = msgs[n:]
+	}
+	e.st.UDPToHost.Add(uint64(len(g)))
+	e.st.UDPToHostBytes.Add(bytes)
+}
+
+// newFromTap creates a flow for a datagram the guest sent, with a reply
+// socket on the host. Called with mu held.
+func (e *Engine) newFromTap(ini flow.Side, now int64) flow.Ref {
+	tgt, v := e.cfg.Rules.FromTap(ini)
+	if v != fwd.OK {
+		e.refuse(v, "from tap", ini)
+		return flow.NoRef
+	}
+	idx, f, err := e.tab.Alloc()
+	if err != nil {
+		e.st.Drop(stats.DropTableFull)
+		log.Debugf("UDP: flow table full, dropping %s", ini)
+		return flow.NoRef
+	}
+	fd, port, err := replySocket(netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort))
+	if err != nil {
+		e.tab.Free(idx)
+		e.st.Drop(stats.DropSockErr)
+		log.Debugf("UDP: no socket for flow %s: %v", ini, err)
+		return flow.NoRef
+	}
+	tgt.FPort = port
+	f.PIF = [2]flow.PIF{flow.PIFTap, flow.PIFHost}
+	f.Side = [2]flow.Side{ini, tgt}
+	f.Sock[flow.Tgt], f.Connected[flow.Tgt] = fd, true
+	f.LastSeen = now
+	ev := evData(kindReply, flow.Tgt, idx, f.Gen)
+	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		e.closeFlow(idx, f)
+		e.st.Drop(stats.DropSockErr)
+		return flow.NoRef
+	}
+	if err := e.tab.Insert(flow.Ref{Index: idx, Side: flow.Ini}); err != nil {
+		e.closeFlow(idx, f)
+		return flow.NoRef
+	}
+	e.created(idx, f)
+	return flow.Ref{Index: idx, Side: flow.Ini}
+}
+
+// newFromHost creates a flow for a datagram that listener l received from
+// src. Called with mu held.
+func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Ref {
+	ini := flow.Side{EAddr: src.Addr(), EPort: src.Port(), FAddr: l.addr, FPort: l.port}
+	tgt, v := e.cfg.Rules.FromHost(ini, l.to, e.cfg.Guest)
+	if v != fwd.OK {
+		e.refuse(v, "from host", ini)
+		return flow.NoRef
+	}
+	idx, f, err := e.tab.Alloc()
+	if err != nil {
+		e.st.Drop(stats.DropTableFull)
+		return flow.NoRef
+	}
+	dup, err := unix.FcntlInt(uintptr(l.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		e.tab.Free(idx)
+		e.st.Drop(stats.DropSockErr)
+		log.Debugf("UDP: cannot duplicate listening socket: %v", err)
+		return flow.NoRef
+	}
+	f.PIF = [2]flow.PIF{flow.PIFHost, flow.PIFTap}
+	f.Side = [2]flow.Side{ini, tgt}
+	f.Sock[flow.Ini] = dup
+	f.LastSeen = now
+	for _, side := range []uint8{flow.Ini, flow.Tgt} {
+		if err := e.tab.Insert(flow.Ref{Index: idx, Side: side}); err != nil {
+			log.Debugf("UDP: %s: %v", f, err)
+			e.closeFlow(idx, f)
+			e.st.Drop(stats.DropNoFlow)
+			return flow.NoRef
+		}
+	}
+	e.created(idx, f)
+	return flow.Ref{Index: idx, Side: flow.Ini}
+}
+
+func (e *Engine) created(idx int32, f *flow.Flow) {
+	e.st.FlowsCreated.Add(1)
+	e.st.ActiveFlows.Add(1)
+	if log.Enabled(log.LevelDebug) {
+		log.Debugf("UDP flow %d: new: %s", idx, f)
+	}
+}
+
+func (e *Engine) refuse(v fwd.Verdict, dir string, ini flow.Side) {
+	switch v {
+	case fwd.BadDest:
+		e.st.Drop(stats.DropMulticast)
+	case fwd.Unmappable:
+		e.st.Drop(stats.DropUnmappable)
+	default:
+		e.st.Drop(stats.DropNoFlow)
+	}
+	if log.Enabled(log.LevelDebug) {
+		log.Debugf("UDP: not forwarding datagram %s %s (verdict %d)", dir, ini, v)
+	}
+}
+
+// closeFlow closes the flow's sockets and frees it. Called with mu held.
+func (e *Engine) closeFlow(idx int32, f *flow.Flow) {
+	for side := range f.Sock {
+		fd := f.Sock[side]
+		if fd < 0 {
+			continue
+		}
+		if f.Connected[side] {
+			_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+		}
+		unix.Close(fd)
+		f.Sock[side] = -1
+	}
+	e.tab.Free(idx)
+}
+
+// expire closes flows idle for longer than their timeout. Called from Run.
+func (e *Engine) expire(now int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.tab.Each(func(i int32, f *flow.Flow) {
+		limit := e.cfg.Timeout
+		if f.Seen[flow.Ini] && f.Seen[flow.Tgt] {
+			limit = e.cfg.StreamTimeout
+		}
+		if now-f.LastSeen < int64(limit) {
+			return
+		}
+		if log.Enabled(log.LevelDebug) {
+			log.Debugf("UDP flow %d: expired: %s", i, f)
+		}
+		e.closeFlow(i, f)
+		e.st.FlowsExpired.Add(1)
+		e.st.ActiveFlows.Add(-1)
+	})
+}
+
+// receive reads up to Batch datagrams from fd into the rx buffers.
+func (e *Engine) receive(fd int) int {
+	for i := range e.rx.msgs {
+		e.rx.msgs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+	}
+	for {
+		n, err := recvmmsg(fd, e.rx.msgs)
+		if err == nil {
+			return n
+		}
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if !errors.Is(err, unix.EAGAIN) {
+			// An ICMP error queued on the socket (e.g. port
+			// unreachable on a connected socket) is reported here
+			// and cleared by this call.
+			e.st.Drop(stats.DropSockErr)
+			log.Debugf("UDP: receive on socket %d: %v", fd, err)
+		}
+		return 0
+	}
+}
+
+// fromListener forwards what a listening socket received.
+func (e *Engine) fromListener(l *listener) {
+	n := e.receive(l.fd)
+	if n == 0 {
+		return
+	}
+	now := e.clock()
+	e.mu.Lock()
+	for i := 0; i < n; i++ {
+		src := getSockaddr(&e.rx.names[i])
+		key := flow.Key{PIF: flow.PIFHost, EAddr: src.Addr(), EPort: src.Port(), FAddr: l.addr, FPort: l.port}
+		ref, ok := e.tab.Lookup(key)
+		if !ok {
+			ref = e.newFromHost(l, src, now)
+		}
+		e.rx.ok[i] = false
+		if !ref.Valid() {
+			continue
+		}
+		f := e.tab.At(ref.Index)
+		f.LastSeen = now
+		f.Seen[ref.Side] = true
+		if to := ref.Side ^ 1; f.PIF[to] == flow.PIFTap {
+			e.rx.to[i], e.rx.ok[i] = f.Side[to], true
+		} else {
+			e.st.Drop(stats.DropNoFlow)
+		}
+	}
+	e.mu.Unlock()
+	mac := e.cfg.Guest.MAC()
+	for i := 0; i < n; i++ {
+		if e.rx.ok[i] {
+			e.toTap(i, int(e.rx.msgs[i].Len), &e.rx.to[i], mac)
+		}
+	}
+}
+
+// fromReply forwards what the reply socket of side `side` of flow idx
+// received.
+func (e *Engine) fromReply(idx int32, side uint8, gen uint32, events uint32) {
+	e.mu.Lock()
+	f := e.tab.At(idx)
+	if !f.InUse() || f.Gen&genMask != gen {
+		e.mu.Unlock()
+		return
+	}
+	fd := f.Sock[side]
+	to := f.Side[side^1]
+	topif := f.PIF[side^1]
+	e.mu.Unlock()
+
+	n := e.receive(fd)
+	if n == 0 {
+		if events&unix.EPOLLERR != 0 {
+			// Clear a pending error that no receive reported.
+			_, _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		}
+		return
+	}
+	now := e.clock()
+	e.mu.Lock()
+	f.LastSeen = now
+	f.Seen[side] = true
+	e.mu.Unlock()
+	if topif != flow.PIFTap {
+		e.st.Drops[stats.DropNoFlow].Add(uint64(n))
+		return
+	}
+	mac := e.cfg.Guest.MAC()
+	for i := 0; i < n; i++ {
+		e.toTap(i, int(e.rx.msgs[i].Len), &to, mac)
+	}
+}
+
+// toTap builds headers in front of the payload in rx buffer i and writes
+// the frame to the guest.
+func (e *Engine) toTap(i, plen int, to *flow.Side, mac packet.MAC) {
+	buf := e.rx.bufs[i]
+	var start int
+	if to.EAddr.Is4() {
+		if plen > packet.MaxUDPPayload {
+			e.st.Drop(stats.DropMalformed)
+			return
+		}
+		start = packet.MaxHeadroom - packet.UDPLen - packet.IPv4Len - packet.EthLen
+		packet.PutUDP4(buf[start+packet.EthLen:], to.FAddr, to.EAddr, to.FPort, to.EPort, plen)
+		packet.PutEthernet(buf[start:], mac, e.cfg.OurMAC, packet.EtherTypeIPv4)
+	} else {
+		packet.PutUDP6(buf[packet.EthLen:], to.FAddr, to.EAddr, to.FPort, to.EPort, plen)
+		packet.PutEthernet(buf, mac, e.cfg.OurMAC, packet.EtherTypeIPv6)
+	}
+	if err := e.cfg.Tap.WriteFrame(buf[start : packet.MaxHeadroom+plen]); err != nil {
+		e.st.Drop(stats.DropTapWrite)
+		if log.Enabled(log.LevelDebug) {
+			log.Debugf("UDP: tap write: %v", err)
+		}
+		return
+	}
+	e.st.UDPToTap.Add(1)
+	e.st.UDPToTapBytes.Add(uint64(plen))
+	e.st.TapTxFrames.Add(1)
+}

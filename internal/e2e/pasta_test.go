@@ -45,7 +45,11 @@ func runTests(m *testing.M) int {
 	gopasst = filepath.Join(dir, "gopasst")
 	udptool = filepath.Join(dir, "udptool")
 	for bin, pkg := range map[string]string{gopasst: "github.com/gopasst/gopasst/cmd/gopasst", udptool: sandbox.UdptoolPackage} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		args := []string{"build", "-o", bin}
+		if raceBuild && bin == gopasst {
+			args = append(args, "-race")
+		}
+		if out, err := exec.Command("go", append(args, pkg)...).CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "go build %s: %v\n%s", pkg, err, out)
 			return 1
 		}
@@ -125,6 +129,9 @@ func wait(t *testing.T, p *sandbox.Proc, want int) {
 	code, err := p.Wait(30 * time.Second)
 	if err != nil || code != want {
 		t.Fatalf("exit %d (%v), want %d\nstdout:\n%s\nstderr:\n%s", code, err, want, p.Stdout(), p.Stderr())
+	}
+	if strings.Contains(p.Stderr(), "WARNING: DATA RACE") {
+		t.Fatalf("data race in gopasst:\n%s", p.Stderr())
 	}
 }
 
@@ -247,8 +254,12 @@ func TestConcurrentFlows(t *testing.T) {
 		t.Run(f.name, func(t *testing.T) {
 			echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", ap(f.loopback, 5100), "-timeout", "30s")
 			echo.WaitLine(t, "ready", 5*time.Second)
-			p := pasta(t, sb, nil, udptool, "send", "-to", ap(f.gw, 5100), "-flows", "200", "-count", "5",
-				"-size", "512", "-echo", "-timeout", "20s")
+			// One exchange first, so the namespace has resolved its
+			// gateway: a burst of new flows would otherwise overflow
+			// the kernel's queue of packets waiting for ARP or NDP.
+			p := pasta(t, sb, nil, "sh", "-c", fmt.Sprintf(
+				"%[1]s send -to %[2]s -count 1 -echo >/dev/null && %[1]s send -to %[2]s -flows 200 -count 5 -size 512 -echo -timeout 20s",
+				udptool, ap(f.gw, 5100)))
 			wait(t, p, 0)
 			if r := parseSend(t, p.Stdout()); r.Sent != 1000 || r.Received != 1000 || r.Bad != 0 {
 				t.Fatalf("send result %+v, want 1000 echoes", r)

@@ -1,0 +1,260 @@
+package udp
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/gopasst/gopasst/internal/fwd"
+	"github.com/gopasst/gopasst/internal/packet"
+	"github.com/gopasst/gopasst/internal/stats"
+)
+
+var (
+	guestMAC = net.HardwareAddr{0x02, 0xaa, 0, 0, 0, 1}
+	ourMAC   = packet.MAC{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}
+	guest4   = netip.MustParseAddr("192.0.2.2")
+	gw4      = netip.MustParseAddr("192.0.2.1")
+	guest6   = netip.MustParseAddr("2001:db8::2")
+	gw6      = netip.MustParseAddr("2001:db8::1")
+)
+
+// fakeTap collects the frames the engine writes to the guest.
+type fakeTap struct{ frames chan []byte }
+
+func (f *fakeTap) WriteFrame(b []byte) error {
+	f.frames <- bytes.Clone(b)
+	return nil
+}
+
+func newEngine(t *testing.T, fwds ...Forward) (*Engine, *fakeTap, *fwd.Guest) {
+	t.Helper()
+	tap := &fakeTap{frames: make(chan []byte, 256)}
+	g := fwd.NewGuest(guest4, guest6)
+	g.SeeMAC(packet.MAC(guestMAC))
+	e, err := New(Config{
+		Rules:  &fwd.Rules{Gateway4: gw4, Gateway6: gw6, IPv4: true, IPv6: true},
+		Guest:  g, OurMAC: ourMAC, Tap: tap, Stats: &stats.Counters{}, Forwards: fwds,
+		Timeout: time.Minute, StreamTimeout: time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- e.Run() }()
+	t.Cleanup(func() {
+		e.Close()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return e, tap, g
+}
+
+// guestFrame builds a UDP frame from the guest with gopacket.
+func guestFrame(t *testing.T, src, dst netip.AddrPort, payload []byte) []byte {
+	t.Helper()
+	eth := &layers.Ethernet{SrcMAC: guestMAC, DstMAC: net.HardwareAddr(ourMAC[:])}
+	udp := &layers.UDP{SrcPort: layers.UDPPort(src.Port()), DstPort: layers.UDPPort(dst.Port())}
+	var ip gopacket.SerializableLayer
+	if src.Addr().Is4() {
+		eth.EthernetType = layers.EthernetTypeIPv4
+		ip4 := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+		_ = udp.SetNetworkLayerForChecksum(ip4)
+		ip = ip4
+	} else {
+		eth.EthernetType = layers.EthernetTypeIPv6
+		ip6 := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolUDP, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+		_ = udp.SetNetworkLayerForChecksum(ip6)
+		ip = ip6
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		eth, ip, udp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func parse(t *testing.T, frame []byte) *packet.Parsed {
+	t.Helper()
+	p := &packet.Parsed{}
+	if d := packet.Parse(frame, p); d != packet.DropNone {
+		t.Fatalf("parse: %v", d)
+	}
+	return p
+}
+
+// checkFrame decodes a frame written to the guest with gopacket and checks
+// addresses, ports, payload and checksums.
+func checkFrame(t *testing.T, frame []byte, src, dst netip.AddrPort, payload []byte) {
+	t.Helper()
+	pkt := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	if el := pkt.ErrorLayer(); el != nil {
+		t.Fatalf("frame does not decode: %v", el.Error())
+	}
+	eth := pkt.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
+	if !bytes.Equal(eth.DstMAC, guestMAC) || !bytes.Equal(eth.SrcMAC, ourMAC[:]) {
+		t.Errorf("MACs %v -> %v", eth.SrcMAC, eth.DstMAC)
+	}
+	udp := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP)
+	var netl gopacket.NetworkLayer
+	var s, d net.IP
+	if l, ok := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok {
+		netl, s, d = l, l.SrcIP, l.DstIP
+		// IPv4 header checksum: re-encode and compare.
+		want := l.Checksum
+		c := *l
+		if err := c.SerializeTo(gopacket.NewSerializeBuffer(), gopacket.SerializeOptions{ComputeChecksums: true}); err != nil {
+			t.Fatal(err)
+		}
+		if c.Checksum != want {
+			t.Errorf("IPv4 header checksum %04x, want %04x", want, c.Checksum)
+		}
+	} else {
+		l := pkt.Layer(layers.LayerTypeIPv6).(*layers.IPv6)
+		netl, s, d = l, l.SrcIP, l.DstIP
+	}
+	if !s.Equal(src.Addr().AsSlice()) || !d.Equal(dst.Addr().AsSlice()) || uint16(udp.SrcPort) != src.Port() || uint16(udp.DstPort) != dst.Port() {
+		t.Errorf("got %v:%d -> %v:%d, want %v -> %v", s, udp.SrcPort, d, udp.DstPort, src, dst)
+	}
+	if !bytes.Equal(udp.Payload, payload) {
+		t.Errorf("payload differs (%d bytes, want %d)", len(udp.Payload), len(payload))
+	}
+	want := udp.Checksum
+	c := *udp
+	_ = c.SetNetworkLayerForChecksum(netl)
+	if err := gopacket.SerializeLayers(gopacket.NewSerializeBuffer(), gopacket.SerializeOptions{ComputeChecksums: true},
+		&c, gopacket.Payload(udp.Payload)); err != nil {
+		t.Fatal(err)
+	}
+	if c.Checksum != want {
+		t.Errorf("UDP checksum %04x, want %04x", want, c.Checksum)
+	}
+}
+
+func recvFrame(t *testing.T, tap *fakeTap) []byte {
+	t.Helper()
+	select {
+	case f := <-tap.frames:
+		return f
+	case <-time.After(3 * time.Second):
+		t.Fatal("no frame reached the guest")
+		return nil
+	}
+}
+
+// TestGuestToLoopbackEcho sends frames from the guest to its gateway; the
+// engine must map them to the host's loopback, keep the source port, and
+// turn the echo into a well-formed frame from the gateway.
+func TestGuestToLoopbackEcho(t *testing.T) {
+	for _, c := range []struct {
+		loop, gw, guest netip.Addr
+		network         string
+	}{
+		{netip.MustParseAddr("127.0.0.1"), gw4, guest4, "udp4"},
+		{netip.IPv6Loopback(), gw6, guest6, "udp6"},
+	} {
+		t.Run(c.network, func(t *testing.T) {
+			e, tap, _ := newEngine(t)
+			srv, err := net.ListenUDP(c.network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(c.loop, 0)))
+			if err != nil {
+				t.Skipf("no loopback for %s: %v", c.network, err)
+			}
+			defer srv.Close()
+			port := uint16(srv.LocalAddr().(*net.UDPAddr).Port)
+			src := netip.AddrPortFrom(c.guest, 40000+port%1000)
+			dst := netip.AddrPortFrom(c.gw, port)
+
+			payloads := [][]byte{{}, []byte("x"), bytes.Repeat([]byte("gopasst"), 196), bytes.Repeat([]byte{0xa5}, 65000)}
+			var pkts []*packet.Parsed
+			for _, pl := range payloads {
+				pkts = append(pkts, parse(t, guestFrame(t, src, dst, pl)))
+			}
+			e.HandleTap(pkts)
+			buf := make([]byte, 65535)
+			for _, pl := range payloads {
+				_ = srv.SetReadDeadline(time.Now().Add(3 * time.Second))
+				n, from, err := srv.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(buf[:n], pl) {
+					t.Fatalf("host got %d bytes, want %d", n, len(pl))
+				}
+				if from.Port() != src.Port() {
+					t.Errorf("source port %d, want the guest's %d", from.Port(), src.Port())
+				}
+				if _, err := srv.WriteToUDPAddrPort(buf[:n], from); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, pl := range payloads {
+				checkFrame(t, recvFrame(t, tap), dst, src, pl)
+			}
+			if e.Flows() != 1 {
+				t.Errorf("%d flows, want 1", e.Flows())
+			}
+		})
+	}
+}
+
+// TestForwardToGuest sends to a forwarded port from loopback: the guest
+// sees the datagram from its gateway, on the remapped port, and its reply
+// goes back to the sender.
+func TestForwardToGuest(t *testing.T) {
+	lport := freePort(t)
+	e, tap, _ := newEngine(t, Forward{Addr: netip.MustParseAddr("127.0.0.1"), Port: lport, ToPort: 8053})
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), lport)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("question")); err != nil {
+		t.Fatal(err)
+	}
+	cport := uint16(c.LocalAddr().(*net.UDPAddr).Port)
+	checkFrame(t, recvFrame(t, tap), netip.AddrPortFrom(gw4, cport), netip.AddrPortFrom(guest4, 8053), []byte("question"))
+
+	// The guest answers from its port to the gateway address and port.
+	e.HandleTap([]*packet.Parsed{parse(t, guestFrame(t, netip.AddrPortFrom(guest4, 8053), netip.AddrPortFrom(gw4, cport), []byte("answer")))})
+	buf := make([]byte, 100)
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	n, err := c.Read(buf)
+	if err != nil || string(buf[:n]) != "answer" {
+		t.Fatalf("reply: %q %v", buf[:n], err)
+	}
+}
+
+func freePort(t *testing.T) uint16 {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
+}
+
+// TestHandleTapAllocs checks the guest-to-host path allocates nothing per
+// datagram once the flow exists.
+func TestHandleTapAllocs(t *testing.T) {
+	e, _, _ := newEngine(t)
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	port := uint16(srv.LocalAddr().(*net.UDPAddr).Port)
+	f := guestFrame(t, netip.AddrPortFrom(guest4, 41000), netip.AddrPortFrom(gw4, port), make([]byte, 1372))
+	pkts := []*packet.Parsed{parse(t, f), parse(t, f), parse(t, f), parse(t, f)}
+	e.HandleTap(pkts) // creates the flow
+	if a := testing.AllocsPerRun(200, func() { e.HandleTap(pkts) }); a != 0 {
+		t.Fatalf("%v allocations per batch", a)
+	}
+}

@@ -403,3 +403,34 @@ func TestTCPWarning(t *testing.T) {
 		t.Fatalf("want one warning line, got %q", p.Stderr())
 	}
 }
+
+// TestLargestDatagrams moves the largest datagrams each direction allows:
+// from the host, 65507 bytes (the IPv4 maximum) and 65527 (IPv6); from the
+// namespace, what fits its 65520-byte MTU unfragmented.
+func TestLargestDatagrams(t *testing.T) {
+	sb := sandbox.New(t)
+	for _, c := range []struct {
+		f               family
+		in, out         int
+		inPort, outPort uint16
+	}{
+		{families[0], 65507, 65520 - 28, 10010, 5010},
+		{families[1], 65527, 65520 - 48, 10011, 5011},
+	} {
+		t.Run(c.f.name, func(t *testing.T) {
+			echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", ap(c.f.loopback, c.outPort), "-count", "1", "-timeout", "20s")
+			echo.WaitLine(t, "ready", 5*time.Second)
+			script := fmt.Sprintf("%[1]s send -to %[2]s -size %[3]d -count 1 -echo -connect && %[1]s recv -l %[4]s -count 1 -timeout 10s",
+				udptool, ap(c.f.gw, c.outPort), c.out, ap(c.f.anyAddr, c.inPort))
+			p := pasta(t, sb, []string{"-u", fmt.Sprint(c.inPort)}, "sh", "-c", script)
+			p.WaitLine(t, "ready", 10*time.Second)
+			if out, err := sb.Command(sb.HostNS, udptool, "send", "-to", ap(c.f.loopback, c.inPort), "-size", fmt.Sprint(c.in), "-count", "1").CombinedOutput(); err != nil {
+				t.Fatalf("send: %v %s", err, out)
+			}
+			wait(t, p, 0)
+			if !strings.Contains(p.Stdout(), fmt.Sprintf(`"len":%d,"ok":true`, c.in)) {
+				t.Fatalf("namespace did not receive %d bytes intact:\n%s", c.in, p.Stdout())
+			}
+		})
+	}
+}

@@ -151,6 +151,8 @@ func derive(cfg *conf.Config) (*setup, error) {
 	s.addr4, s.gw4 = up.Addr4, up.Gateway4
 	if cfg.Addr4.IsValid() {
 		s.addr4 = cfg.Addr4
+	} else if cfg.PrefixLen4 >= 0 && s.addr4.IsValid() {
+		s.addr4 = netip.PrefixFrom(s.addr4.Addr(), cfg.PrefixLen4) // -n alone
 	}
 	if cfg.Gateway4.IsValid() {
 		s.gw4 = cfg.Gateway4

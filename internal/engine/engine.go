@@ -96,7 +96,7 @@ func (e *Engine) readLoop() error {
 	lens := make([]int, Batch)
 	parsed := make([]packet.Parsed, Batch)
 	udpPkts := make([]*packet.Parsed, 0, Batch)
-	reply := make([]byte, 512)
+	reply := make([]byte, 2048)
 	for {
 		n, err := e.EP.ReadBatch(bufs, lens)
 		if err != nil {

@@ -36,8 +36,12 @@ const (
 	ndpOptTargetLinkAddr  = 2
 	ndpOptPrefixInfo      = 3
 	ndpOptMTU             = 5
+	ndpOptRDNSS           = 25
+	ndpOptDNSSL           = 31
 	arpLen                = 28
-	raRouterLifetime      = 9000 // seconds, the most RFC 4861 allows
+	raRouterLifetime      = 65535 // seconds, the most RFC 8319 allows
+	maxRDNSS              = 8     // resolvers advertised at most
+	maxDNSSL              = 1024  // bytes of DNSSL option at most
 	infiniteLifetime      = 0xffffffff
 	naFlagsRouterSolOverr = 0xe0000000
 )
@@ -54,6 +58,12 @@ type Responder struct {
 	Prefix6 netip.Prefix
 	// MTU is advertised in router advertisements when non-zero.
 	MTU int
+	// DNS6 and Search, when set, are advertised as RDNSS and DNSSL options
+	// (RFC 8106).
+	DNS6   []netip.Addr
+	Search []string
+	// Managed sets the M flag: addresses are also available by DHCPv6.
+	Managed bool
 	// NoNDP ignores all NDP; NoRA ignores router solicitations.
 	NoNDP, NoRA bool
 }
@@ -65,7 +75,7 @@ func (r *Responder) LinkLocal() netip.Addr {
 }
 
 // Handle answers the frame p if it is a question for us, writing the reply
-// frame into out (which must hold at least 128 bytes) and returning its
+// frame into out (which must hold at least 1536 bytes) and returning its
 // length; it returns 0 when there is nothing to answer.
 func (r *Responder) Handle(p *packet.Parsed, out []byte) int {
 	switch {
@@ -131,32 +141,99 @@ func (r *Responder) ndp(p *packet.Parsed, out []byte) int {
 		if dst.IsUnspecified() {
 			dst = allNodes
 		}
-		body := out[packet.EthLen+packet.IPv6Len:]
-		clear(body[:16])
-		body[0] = icmp6RouterAdvert
-		body[4] = 64 // current hop limit
-		binary.BigEndian.PutUint16(body[6:8], raRouterLifetime)
-		o := body[16:]
-		o[0], o[1], o[2], o[3] = ndpOptPrefixInfo, 4, 64, 0xc0 // on-link, autonomous
-		binary.BigEndian.PutUint32(o[4:8], infiniteLifetime)
-		binary.BigEndian.PutUint32(o[8:12], infiniteLifetime)
-		clear(o[12:16])
-		pfx := r.Prefix6.Masked().Addr().As16()
-		copy(o[16:32], pfx[:])
-		n := 16 + 32
-		if r.MTU > 0 {
-			o = body[n:]
-			o[0], o[1], o[2], o[3] = ndpOptMTU, 1, 0, 0
-			binary.BigEndian.PutUint32(o[4:8], uint32(r.MTU))
-			n += 8
-		}
-		o = body[n:]
-		o[0], o[1] = ndpOptSourceLinkAddr, 1
-		copy(o[2:8], r.OurMAC[:])
-		n += 8
+		n := r.routerAdvert(out[packet.EthLen+packet.IPv6Len:])
 		return r.icmp6(out, p.Src, r.LinkLocal(), dst, n)
 	}
 	return 0
+}
+
+// routerAdvert writes the body of a router advertisement into body and
+// returns its length.
+func (r *Responder) routerAdvert(body []byte) int {
+	clear(body[:16])
+	body[0] = icmp6RouterAdvert
+	body[4] = 255 // current hop limit, as the reference
+	if r.Managed {
+		body[5] = 0x80
+	}
+	binary.BigEndian.PutUint16(body[6:8], raRouterLifetime)
+	o := body[16:]
+	o[0], o[1], o[2], o[3] = ndpOptPrefixInfo, 4, 64, 0xc0 // on-link, autonomous
+	binary.BigEndian.PutUint32(o[4:8], infiniteLifetime)
+	binary.BigEndian.PutUint32(o[8:12], infiniteLifetime)
+	clear(o[12:16])
+	pfx := r.Prefix6.Masked().Addr().As16()
+	copy(o[16:32], pfx[:])
+	n := 16 + 32
+	if r.MTU > 0 {
+		o = body[n:]
+		o[0], o[1], o[2], o[3] = ndpOptMTU, 1, 0, 0
+		binary.BigEndian.PutUint32(o[4:8], uint32(r.MTU))
+		n += 8
+	}
+	if dns := r.DNS6[:min(len(r.DNS6), maxRDNSS)]; len(dns) > 0 {
+		o = body[n:]
+		o[0], o[1], o[2], o[3] = ndpOptRDNSS, byte(1+2*len(dns)), 0, 0
+		binary.BigEndian.PutUint32(o[4:8], infiniteLifetime)
+		for i, a := range dns {
+			a16 := a.As16()
+			copy(o[8+16*i:], a16[:])
+		}
+		n += 8 + 16*len(dns)
+	}
+	if len(r.Search) > 0 {
+		o = body[n:]
+		o[0], o[2], o[3] = ndpOptDNSSL, 0, 0
+		binary.BigEndian.PutUint32(o[4:8], infiniteLifetime)
+		l := 8
+		for _, d := range r.Search {
+			if l+len(d)+2 > maxDNSSL {
+				break // what does not fit is left out
+			}
+			l += putDomain(o[l:], d)
+		}
+		for l%8 != 0 {
+			o[l] = 0
+			l++
+		}
+		o[1] = byte(l / 8)
+		n += l
+	}
+	o = body[n:]
+	o[0], o[1] = ndpOptSourceLinkAddr, 1
+	copy(o[2:8], r.OurMAC[:])
+	return n + 8
+}
+
+// putDomain writes d in DNS wire format (length-prefixed labels, then a
+// zero) and returns the bytes written. Empty labels are skipped.
+func putDomain(b []byte, d string) int {
+	n := 0
+	for len(d) > 0 {
+		label := d
+		if i := indexDot(d); i >= 0 {
+			label, d = d[:i], d[i+1:]
+		} else {
+			d = ""
+		}
+		if len(label) == 0 || len(label) > 63 {
+			continue
+		}
+		b[n] = byte(len(label))
+		copy(b[n+1:], label)
+		n += 1 + len(label)
+	}
+	b[n] = 0
+	return n + 1
+}
+
+func indexDot(s string) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '.' {
+			return i
+		}
+	}
+	return -1
 }
 
 // icmp6 completes an ICMPv6 message of n bytes already in place after the

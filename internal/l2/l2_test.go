@@ -2,8 +2,10 @@ package l2
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/gopacket/gopacket"
@@ -42,7 +44,7 @@ func handle(t *testing.T, r *Responder, frame []byte) gopacket.Packet {
 	if d := packet.Parse(frame, &p); d != packet.DropNone {
 		t.Fatalf("parse: %v", d)
 	}
-	out := make([]byte, 256)
+	out := make([]byte, 1536)
 	n := r.Handle(&p, out)
 	if n == 0 {
 		return nil
@@ -179,6 +181,35 @@ func TestRouterAdvertisement(t *testing.T) {
 	if !sawPrefix || !sawMTU {
 		t.Errorf("options %+v", ra.Options)
 	}
+	if ra.RouterLifetime != 65535 || ra.HopLimit != 255 || ra.Flags&0x80 != 0 {
+		t.Errorf("lifetime %d hop limit %d flags %02x", ra.RouterLifetime, ra.HopLimit, ra.Flags)
+	}
+
+	// With resolvers, a search list and DHCPv6: RDNSS, DNSSL, M flag.
+	r.DNS6 = []netip.Addr{netip.MustParseAddr("2001:db8::53"), netip.MustParseAddr("2001:db8::54")}
+	r.Search = []string{"example.org", "a.b.example"}
+	r.Managed = true
+	pkt = handle(t, r, icmp6Frame(t, "fe80::aa:1", "ff02::2", 255, rs, layers.ICMPv6TypeRouterSolicitation))
+	ra = pkt.Layer(layers.LayerTypeICMPv6RouterAdvertisement).(*layers.ICMPv6RouterAdvertisement)
+	if !checksumOK(t, pkt) || ra.Flags&0x80 == 0 {
+		t.Errorf("checksum or M flag wrong: flags %02x", ra.Flags)
+	}
+	var rdnss, dnssl []byte
+	for _, o := range ra.Options {
+		switch o.Type {
+		case 25:
+			rdnss = o.Data
+		case 31:
+			dnssl = o.Data
+		}
+	}
+	if len(rdnss) != 6+32 || !net.IP(rdnss[6:22]).Equal(net.ParseIP("2001:db8::53")) || !net.IP(rdnss[22:38]).Equal(net.ParseIP("2001:db8::54")) {
+		t.Errorf("RDNSS % x", rdnss)
+	}
+	wantDNSSL := "\x07example\x03org\x00\x01a\x01b\x07example\x00"
+	if len(dnssl) < 6 || (len(dnssl)+2)%8 != 0 || !strings.HasPrefix(string(dnssl[6:]), wantDNSSL) || strings.Trim(string(dnssl[6+len(wantDNSSL):]), "\x00") != "" {
+		t.Errorf("DNSSL %q", dnssl)
+	}
 	r.NoRA = true
 	if handle(t, r, icmp6Frame(t, "fe80::aa:1", "ff02::2", 255, rs, layers.ICMPv6TypeRouterSolicitation)) != nil {
 		t.Error("RA sent with NoRA")
@@ -188,12 +219,26 @@ func TestRouterAdvertisement(t *testing.T) {
 func TestHandleAllocs(t *testing.T) {
 	r := responder()
 	f := arpRequest(t, "192.0.2.2", "192.0.2.1")
-	out := make([]byte, 256)
+	out := make([]byte, 1536)
 	var p packet.Parsed
 	if a := testing.AllocsPerRun(100, func() {
 		packet.Parse(f, &p)
 		r.Handle(&p, out)
 	}); a != 0 {
 		t.Fatalf("%v allocs", a)
+	}
+}
+
+// TestRouterAdvertisementBounds checks that long resolver and search lists
+// are cut to fit instead of overrunning the reply buffer.
+func TestRouterAdvertisementBounds(t *testing.T) {
+	r := responder()
+	for i := 0; i < 20; i++ {
+		r.DNS6 = append(r.DNS6, netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", i+1)))
+		r.Search = append(r.Search, strings.Repeat("d", 60)+"."+strings.Repeat("e", 60)+".example")
+	}
+	pkt := handle(t, r, icmp6Frame(t, "fe80::aa:1", "ff02::2", 255, &layers.ICMPv6RouterSolicitation{}, layers.ICMPv6TypeRouterSolicitation))
+	if pkt == nil || !checksumOK(t, pkt) {
+		t.Fatal("no valid RA")
 	}
 }

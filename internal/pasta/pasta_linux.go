@@ -25,16 +25,12 @@
 package pasta
 
 import (
-	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -42,19 +38,12 @@ import (
 
 	"github.com/gopasst/gopasst/internal/conf"
 	"github.com/gopasst/gopasst/internal/engine"
-	"github.com/gopasst/gopasst/internal/fwd"
-	"github.com/gopasst/gopasst/internal/l2"
 	"github.com/gopasst/gopasst/internal/log"
+	"github.com/gopasst/gopasst/internal/netcfg"
 	"github.com/gopasst/gopasst/internal/netns"
-	"github.com/gopasst/gopasst/internal/packet"
 	"github.com/gopasst/gopasst/internal/stats"
 	"github.com/gopasst/gopasst/internal/tap"
-	"github.com/gopasst/gopasst/internal/udp"
 )
-
-// DefaultMAC is the MAC address gopasst uses towards the guest, as the
-// reference does.
-var DefaultMAC = packet.MAC{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}
 
 // Run runs pasta mode with cfg and returns the process exit status.
 func Run(cfg *conf.Config) int {
@@ -116,132 +105,9 @@ func targetNetns(cfg *conf.Config) string {
 	return ""
 }
 
-// setup is everything derived from the configuration and the host.
-type setup struct {
-	ifname       string
-	mtu          int
-	addr4        netip.Prefix
-	gw4          netip.Addr
-	addr6        netip.Prefix
-	gw6          netip.Addr
-	ipv4, ipv6   bool
-	ourMAC       packet.MAC
-	hostAddrs    []netip.Addr
-	forwards     []udp.Forward
-	timeout      time.Duration
-	streamTimout time.Duration
-}
-
-func derive(cfg *conf.Config) (*setup, error) {
-	up, err := netns.HostUplink(cfg.Interface)
-	if err != nil && cfg.Interface != "" {
-		return nil, fmt.Errorf("interface %s: %w", cfg.Interface, err)
-	}
-	s := &setup{mtu: cfg.MTU, ourMAC: DefaultMAC}
-	if len(cfg.MAC) == 6 {
-		s.ourMAC = packet.MAC(cfg.MAC)
-	}
-	s.ifname = cfg.NSIfname
-	if s.ifname == "" {
-		s.ifname = up.Ifname
-	}
-	if s.ifname == "" {
-		s.ifname = "tap0"
-	}
-	s.addr4, s.gw4 = up.Addr4, up.Gateway4
-	if cfg.Addr4.IsValid() {
-		s.addr4 = cfg.Addr4
-	} else if cfg.PrefixLen4 >= 0 && s.addr4.IsValid() {
-		s.addr4 = netip.PrefixFrom(s.addr4.Addr(), cfg.PrefixLen4) // -n alone
-	}
-	if cfg.Gateway4.IsValid() {
-		s.gw4 = cfg.Gateway4
-	}
-	s.addr6, s.gw6 = up.Addr6, up.Gateway6
-	if cfg.Addr6.IsValid() {
-		s.addr6 = netip.PrefixFrom(cfg.Addr6, 64)
-	}
-	if cfg.Gateway6.IsValid() {
-		s.gw6 = cfg.Gateway6
-	}
-	s.ipv4 = !cfg.IPv6Only && s.addr4.IsValid()
-	s.ipv6 = !cfg.IPv4Only && s.addr6.IsValid()
-	if !s.ipv4 && !s.ipv6 {
-		return nil, errors.New("no IPv4 or IPv6 address to give the namespace: use -a")
-	}
-	s.hostAddrs = hostAddrs()
-	s.timeout, s.streamTimout = conntrackTimeouts()
-	if cfg.UDPTimeout > 0 {
-		s.timeout, s.streamTimout = cfg.UDPTimeout, cfg.UDPTimeout
-	}
-	s.forwards = expandForwards(cfg.UDPFwd, s.ipv4, s.ipv6)
-	return s, nil
-}
-
-// expandForwards turns -u rules into one listening socket per port and
-// address family.
-func expandForwards(f conf.Forward, v4, v6 bool) []udp.Forward {
-	if f.Mode != conf.FwdSpec {
-		return nil
-	}
-	var out []udp.Forward
-	for _, r := range f.Rules {
-		for p := uint32(r.First); p <= uint32(r.Last); p++ {
-			to := uint16(uint32(r.ToFirst) + p - uint32(r.First))
-			switch {
-			case r.Addr.IsValid():
-				a := r.Addr.Unmap()
-				if a.Is4() && v4 || a.Is6() && v6 {
-					out = append(out, udp.Forward{Addr: a, Ifname: r.Ifname, Port: uint16(p), ToPort: to})
-				}
-			default:
-				if v4 {
-					out = append(out, udp.Forward{Addr: netip.IPv4Unspecified(), Ifname: r.Ifname, Port: uint16(p), ToPort: to})
-				}
-				if v6 {
-					out = append(out, udp.Forward{Addr: netip.IPv6Unspecified(), Ifname: r.Ifname, Port: uint16(p), ToPort: to})
-				}
-			}
-		}
-	}
-	return out
-}
-
-// hostAddrs lists the host's own unicast addresses.
-func hostAddrs() []netip.Addr {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil
-	}
-	var out []netip.Addr
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok && !ip.IsLoopback() {
-				out = append(out, ip.Unmap())
-			}
-		}
-	}
-	return out
-}
-
-// conntrackTimeouts reads the host's UDP conntrack timeouts, the ones a
-// NAT router would apply, falling back to the kernel's defaults.
-func conntrackTimeouts() (time.Duration, time.Duration) {
-	read := func(name string, def int) time.Duration {
-		b, err := os.ReadFile("/proc/sys/net/netfilter/" + name)
-		if err == nil {
-			if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v > 0 {
-				def = v
-			}
-		}
-		return time.Duration(def) * time.Second
-	}
-	return read("nf_conntrack_udp_timeout", 30), read("nf_conntrack_udp_timeout_stream", 120)
-}
-
 func run(cfg *conf.Config) (int, error) {
 	raiseNofile()
-	s, err := derive(cfg)
+	n, err := netcfg.Derive(cfg)
 	if err != nil {
 		return 1, err
 	}
@@ -256,17 +122,17 @@ func run(cfg *conf.Config) (int, error) {
 	}
 	defer ns.Close()
 
-	tapfd, _, err := ns.CreateTap(s.ifname, s.mtu, cfg.NSMAC)
+	tapfd, _, err := ns.CreateTap(n.Ifname, n.MTU, cfg.NSMAC)
 	if err != nil {
-		return 1, fmt.Errorf("tap device %s: %w", s.ifname, err)
+		return 1, fmt.Errorf("tap device %s: %w", n.Ifname, err)
 	}
-	ifc := netns.IfConfig{Ifname: s.ifname, MTU: s.mtu, Up: cfg.ConfigNet}
+	ifc := netns.IfConfig{Ifname: n.Ifname, MTU: n.MTU, Up: cfg.ConfigNet}
 	if cfg.ConfigNet {
-		if s.ipv4 {
-			ifc.Addr4, ifc.Gateway4 = s.addr4, s.gw4
+		if n.IPv4 {
+			ifc.Addr4, ifc.Gateway4 = n.Addr4, n.Gateway4
 		}
-		if s.ipv6 {
-			ifc.Addr6, ifc.Gateway6 = s.addr6, s.gw6
+		if n.IPv6 {
+			ifc.Addr6, ifc.Gateway6 = n.Addr6, n.Gateway6
 		}
 	}
 	if err := ns.Configure(ifc); err != nil {
@@ -278,37 +144,12 @@ func run(cfg *conf.Config) (int, error) {
 		return 1, err
 	}
 	st := &stats.Counters{}
-	guest := fwd.NewGuest(s.addr4.Addr(), s.addr6.Addr())
-	if !s.ipv4 {
-		guest = fwd.NewGuest(netip.Addr{}, s.addr6.Addr())
+	eng, err := engine.Build(dev, n, cfg, st)
+	if err != nil {
+		return 1, err
 	}
-	if !s.ipv6 {
-		guest = fwd.NewGuest(s.addr4.Addr(), netip.Addr{})
-	}
-	rules := &fwd.Rules{Gateway4: s.gw4, Gateway6: s.gw6, NoMapGW: cfg.NoMapGW, HostAddrs: s.hostAddrs,
-		Outbound4: cfg.Outbound4, Outbound6: cfg.Outbound6, IPv4: s.ipv4, IPv6: s.ipv6}
-	eng := &engine.Engine{
-		EP: dev, Guest: guest, Stats: st, IPv4: s.ipv4, IPv6: s.ipv6,
-		L2: &l2.Responder{OurMAC: s.ourMAC, Guest: guest, Prefix6: s.addr6, MTU: cfg.MTU,
-			NoNDP: cfg.NoNDP, NoRA: cfg.NoRA || cfg.ConfigNet},
-	}
-	if !cfg.NoUDP {
-		eng.UDP, err = udp.New(udp.Config{Rules: rules, Guest: guest, OurMAC: s.ourMAC, Tap: dev, Stats: st,
-			Forwards: s.forwards, Timeout: s.timeout, StreamTimeout: s.streamTimout, MaxFlows: cfg.MaxFlows})
-		if err != nil {
-			return 1, err
-		}
-	}
-	log.Infof("Outbound interface: %s, namespace interface: %s, namespace: %s", orNone(cfg.Interface), s.ifname, ns.Path())
-	if s.ipv4 {
-		log.Infof("IPv4: %s, gateway %s", s.addr4, s.gw4)
-	}
-	if s.ipv6 {
-		log.Infof("IPv6: %s, gateway %s", s.addr6, s.gw6)
-	}
-	if len(s.forwards) > 0 {
-		log.Infof("UDP: %d forwarded host port sockets", len(s.forwards))
-	}
+	log.Infof("Outbound interface: %s, namespace interface: %s, namespace: %s", orNone(n.HostIfname), n.Ifname, ns.Path())
+	n.Log()
 	if cfg.PIDFile != "" {
 		if err := os.WriteFile(cfg.PIDFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 			return 1, fmt.Errorf("PID file: %w", err)
@@ -341,7 +182,7 @@ func run(cfg *conf.Config) (int, error) {
 
 func orNone(s string) string {
 	if s == "" {
-		return "(default route)"
+		return "(none)"
 	}
 	return s
 }

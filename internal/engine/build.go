@@ -1,0 +1,52 @@
+package engine
+
+import (
+	"net/netip"
+
+	"github.com/gopasst/gopasst/internal/conf"
+	"github.com/gopasst/gopasst/internal/fwd"
+	"github.com/gopasst/gopasst/internal/l2"
+	"github.com/gopasst/gopasst/internal/netcfg"
+	"github.com/gopasst/gopasst/internal/stats"
+	"github.com/gopasst/gopasst/internal/tap"
+	"github.com/gopasst/gopasst/internal/udp"
+)
+
+// Build assembles the data path for endpoint ep from the guest's network
+// configuration n and the options: the guest state, the L2 responder, the
+// DHCP servers and the UDP engine with its listening sockets.
+func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters) (*Engine, error) {
+	var a4, a6 netip.Addr
+	if n.IPv4 {
+		a4 = n.Addr4.Addr()
+	}
+	if n.IPv6 {
+		a6 = n.Addr6.Addr()
+	}
+	guest := fwd.NewGuest(a4, a6)
+	e := &Engine{
+		EP: ep, Guest: guest, Stats: st, IPv4: n.IPv4, IPv6: n.IPv6,
+		L2: &l2.Responder{OurMAC: n.OurMAC, Guest: guest, Prefix6: n.Addr6, MTU: cfg.MTU,
+			NoNDP: cfg.NoNDP, NoRA: cfg.NoRA, Managed: !cfg.NoDHCPv6},
+	}
+	if cfg.AdvertiseDNS() {
+		e.L2.DNS6 = n.DNS6
+	}
+	if cfg.AdvertiseSearch() {
+		e.L2.Search = n.Search
+	}
+	if !n.IPv6 {
+		e.L2.Prefix6 = netip.Prefix{}
+	}
+	if !cfg.NoUDP {
+		rules := &fwd.Rules{Gateway4: n.Gateway4, Gateway6: n.Gateway6, NoMapGW: cfg.NoMapGW, HostAddrs: n.HostAddrs,
+			Outbound4: cfg.Outbound4, Outbound6: cfg.Outbound6, IPv4: n.IPv4, IPv6: n.IPv6}
+		var err error
+		e.UDP, err = udp.New(udp.Config{Rules: rules, Guest: guest, OurMAC: n.OurMAC, Tap: ep, Stats: st,
+			Forwards: n.Forwards, Timeout: n.Timeout, StreamTimeout: n.StreamTimeout, MaxFlows: cfg.MaxFlows})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/gopasst/gopasst/internal/conf"
 	"github.com/gopasst/gopasst/internal/log"
+	"github.com/gopasst/gopasst/internal/passt"
 	"github.com/gopasst/gopasst/internal/pasta"
 )
 
@@ -57,8 +58,7 @@ func run(argv []string) int {
 		log.Warnf("TCP forwarding is not implemented yet: -t/-T ports are not forwarded")
 	}
 	if mode == conf.ModePasst {
-		fmt.Fprintf(os.Stderr, "passt: passt mode is not implemented yet\n")
-		return 1
+		return passt.Run(cfg)
 	}
 	return pasta.Run(cfg)
 }

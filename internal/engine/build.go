@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	"github.com/gopasst/gopasst/internal/conf"
+	"github.com/gopasst/gopasst/internal/dhcp"
 	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/l2"
 	"github.com/gopasst/gopasst/internal/netcfg"
@@ -14,7 +15,7 @@ import (
 
 // Build assembles the data path for endpoint ep from the guest's network
 // configuration n and the options: the guest state, the L2 responder, the
-// DHCP servers and the UDP engine with its listening sockets.
+// DHCP and DHCPv6 servers and the UDP engine with its listening sockets.
 func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters) (*Engine, error) {
 	var a4, a6 netip.Addr
 	if n.IPv4 {
@@ -35,11 +36,26 @@ func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters)
 	if cfg.AdvertiseSearch() {
 		e.L2.Search = n.Search
 	}
+	dc := dhcp.Config{OurMAC: n.OurMAC, MTU: cfg.MTU, Hostname: cfg.Hostname, FQDN: cfg.FQDN,
+		OurLinkLocal6: e.L2.LinkLocal(), NoDHCP: cfg.NoDHCP || !n.IPv4, NoDHCPv6: cfg.NoDHCPv6 || !n.IPv6}
+	if n.IPv4 {
+		dc.Addr4, dc.Gateway4 = n.Addr4, n.Gateway4
+	}
+	if n.IPv6 {
+		dc.Addr6 = n.Addr6.Addr()
+	}
+	if cfg.AdvertiseDNS() {
+		dc.DNS4, dc.DNS6 = n.DNS4, n.DNS6
+	}
+	if cfg.AdvertiseSearch() {
+		dc.Search = n.Search
+	}
+	e.DHCP = dhcp.New(dc)
 	if !n.IPv6 {
 		e.L2.Prefix6 = netip.Prefix{}
 	}
 	if !cfg.NoUDP {
-		rules := &fwd.Rules{Gateway4: n.Gateway4, Gateway6: n.Gateway6, NoMapGW: cfg.NoMapGW, HostAddrs: n.HostAddrs,
+		rules := &fwd.Rules{Gateway4: n.Gateway4, Gateway6: n.Gateway6, RouterLL6: e.L2.LinkLocal(), NoMapGW: cfg.NoMapGW, HostAddrs: n.HostAddrs,
 			Outbound4: cfg.Outbound4, Outbound6: cfg.Outbound6, IPv4: n.IPv4, IPv6: n.IPv6}
 		var err error
 		e.UDP, err = udp.New(udp.Config{Rules: rules, Guest: guest, OurMAC: n.OurMAC, Tap: ep, Stats: st,

@@ -9,9 +9,10 @@
 //
 //   - the tap reader ([Engine.Run]) takes a batch of frames per wake-up,
 //     parses each once (package packet), learns the guest's MAC and
-//     addresses from them (package fwd), answers ARP and NDP on the spot
-//     (package l2) and collects the UDP datagrams of the batch for one call
-//     into the UDP engine, which groups them by flow;
+//     addresses from them (package fwd), answers ARP and NDP (package l2)
+//     and DHCP and DHCPv6 (package dhcp) on the spot, and collects the UDP
+//     datagrams of the batch for one call into the UDP engine, which
+//     groups them by flow;
 //   - the UDP engine's epoll loop (package udp) carries datagrams from host
 //     sockets back to the guest.
 //
@@ -24,6 +25,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/gopasst/gopasst/internal/dhcp"
 	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/l2"
 	"github.com/gopasst/gopasst/internal/log"
@@ -43,7 +45,8 @@ const MaxFrame = 65536
 type Engine struct {
 	EP    tap.Endpoint
 	L2    *l2.Responder
-	UDP   *udp.Engine // nil with --no-udp
+	DHCP  *dhcp.Server // answers DHCP and DHCPv6 before UDP sees them
+	UDP   *udp.Engine  // nil with --no-udp
 	Guest *fwd.Guest
 	Stats *stats.Counters
 	// IPv4 and IPv6 say which families are served.
@@ -81,6 +84,20 @@ func (e *Engine) Run() error {
 	default:
 	}
 	return err
+}
+
+// reply writes the first m bytes of buf, a frame that answers the guest,
+// if m is not zero.
+func (e *Engine) reply(m int, buf []byte) {
+	if m == 0 {
+		return
+	}
+	if err := e.EP.WriteFrame(buf[:m]); err != nil {
+		e.Stats.Drop(stats.DropTapWrite)
+		return
+	}
+	e.Stats.L2Replies.Add(1)
+	e.Stats.TapTxFrames.Add(1)
 }
 
 // Close stops Run.
@@ -122,6 +139,9 @@ func (e *Engine) readLoop() error {
 			case p.EtherType == packet.EtherTypeIPv4 && !e.IPv4, p.EtherType == packet.EtherTypeIPv6 && !e.IPv6:
 				e.Stats.Drop(stats.DropUnsupported)
 				continue
+			case p.Proto == packet.ProtoUDP && e.DHCP != nil && dhcp.IsRequest(p):
+				e.reply(e.DHCP.Handle(p, reply), reply)
+				continue
 			case p.Proto == packet.ProtoUDP:
 				if e.UDP == nil {
 					e.Stats.Drop(stats.DropUnsupported)
@@ -134,14 +154,7 @@ func (e *Engine) readLoop() error {
 				e.Stats.Drop(stats.DropUnsupported)
 				continue
 			}
-			if m := e.L2.Handle(p, reply); m > 0 {
-				if err := e.EP.WriteFrame(reply[:m]); err != nil {
-					e.Stats.Drop(stats.DropTapWrite)
-				} else {
-					e.Stats.L2Replies.Add(1)
-					e.Stats.TapTxFrames.Add(1)
-				}
-			}
+			e.reply(e.L2.Handle(p, reply), reply)
 		}
 		if len(udpPkts) > 0 {
 			e.UDP.HandleTap(udpPkts)

@@ -10,7 +10,8 @@
 //
 // Two mappings make the host itself reachable:
 //
-//   - Outbound, the guest's default gateway address stands for the host:
+//   - Outbound, the guest's default gateway address (and our link-local
+//     address, the router of router advertisements) stands for the host:
 //     datagrams to it are sent to the host's loopback (127.0.0.1 or ::1),
 //     unless --no-map-gw.
 //   - Inbound, datagrams from the host's loopback or from one of the host's
@@ -35,6 +36,9 @@ import (
 type Rules struct {
 	// Gateway4 and Gateway6 are the guest's gateway addresses.
 	Gateway4, Gateway6 netip.Addr
+	// RouterLL6 is our link-local address, the router that router
+	// advertisements name; it stands for the host like the gateway does.
+	RouterLL6 netip.Addr
 	// NoMapGW disables the gateway ↔ host loopback mapping.
 	NoMapGW bool
 	// HostAddrs are the host's own addresses: datagrams from them appear to
@@ -133,7 +137,7 @@ func (r *Rules) FromHost(ini flow.Side, guestPort uint16, g *Guest) (flow.Side, 
 }
 
 func (r *Rules) isGateway(a netip.Addr) bool {
-	return a.IsValid() && (a == r.Gateway4 || a == r.Gateway6)
+	return a.IsValid() && (a == r.Gateway4 || a == r.Gateway6 || a == r.RouterLL6)
 }
 
 func (r *Rules) isHostAddr(a netip.Addr) bool {
@@ -207,6 +211,10 @@ func (g *Guest) SeeMAC(m packet.MAC) {
 		g.mac.Store(v)
 	}
 }
+
+// ForgetMAC goes back to sending to the broadcast address until the next
+// frame from the guest (a new guest connected).
+func (g *Guest) ForgetMAC() { g.mac.Store(0) }
 
 // Addr4 is the IPv4 address the guest was last seen using.
 func (g *Guest) Addr4() netip.Addr { return *g.addr4.Load() }

@@ -45,6 +45,9 @@ func TestFromTap(t *testing.T) {
 		{"port 0 dest", nil, flow.Side{EAddr: a("192.0.2.2"), EPort: 1, FAddr: a("192.0.2.1"), FPort: 0}, flow.Side{}, BadDest},
 		{"port 0 source", nil, flow.Side{EAddr: a("192.0.2.2"), EPort: 0, FAddr: a("192.0.2.1"), FPort: 1}, flow.Side{}, BadSource},
 		{"unspecified source", nil, flow.Side{EAddr: a("0.0.0.0"), EPort: 68, FAddr: a("192.0.2.1"), FPort: 1}, flow.Side{}, BadSource},
+		{"router link-local to loopback", func(r *Rules) { r.RouterLL6 = a("fe80::9855:9aff:fe55:9a55") },
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 4000, FAddr: a("fe80::9855:9aff:fe55:9a55"), FPort: 53},
+			flow.Side{EAddr: a("::1"), EPort: 53, FAddr: a("::"), FPort: 4000}, OK},
 		{"link-local dest", nil, flow.Side{EAddr: a("2001:db8::2"), EPort: 1, FAddr: a("fe80::5"), FPort: 1}, flow.Side{}, BadDest},
 		{"v6 off", func(r *Rules) { r.IPv6 = false }, flow.Side{EAddr: a("2001:db8::2"), EPort: 1, FAddr: a("2001:db8::1"), FPort: 1}, flow.Side{}, FamilyOff},
 	}

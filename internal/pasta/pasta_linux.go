@@ -37,6 +37,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasst/gopasst/internal/conf"
+	"github.com/gopasst/gopasst/internal/daemon"
 	"github.com/gopasst/gopasst/internal/engine"
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/netcfg"
@@ -53,8 +54,8 @@ func Run(cfg *conf.Config) int {
 		if !cfg.Debug {
 			log.SetLevel(log.LevelWarn)
 		}
-	} else if !cfg.Foreground && !inBackground() {
-		return background()
+	} else if !cfg.Foreground && !daemon.InBackground() {
+		return daemon.Background()
 	}
 	if code, done, err := enterUserNS(cfg); err != nil {
 		log.Errorf("%v", err)
@@ -106,7 +107,7 @@ func targetNetns(cfg *conf.Config) string {
 }
 
 func run(cfg *conf.Config) (int, error) {
-	raiseNofile()
+	daemon.RaiseNofile()
 	n, err := netcfg.Derive(cfg)
 	if err != nil {
 		return 1, err
@@ -172,8 +173,8 @@ func run(cfg *conf.Config) (int, error) {
 	defer signal.Stop(sigs)
 
 	if targetNetns(cfg) != "" {
-		if inBackground() {
-			ready()
+		if daemon.InBackground() {
+			daemon.Ready()
 		}
 		return waitTarget(cfg, engErr, sigs)
 	}
@@ -214,7 +215,7 @@ func runCommand(cfg *conf.Config, ns *netns.NS, engErr chan error, sigs chan os.
 	for {
 		select {
 		case err := <-done:
-			return exitStatus(cmd, err), nil
+			return daemon.ExitStatus(cmd, err), nil
 		case err := <-engErr:
 			engErr <- err // for the deferred wait
 			_ = cmd.Process.Kill()
@@ -233,19 +234,6 @@ func runCommand(cfg *conf.Config, ns *netns.NS, engErr chan error, sigs chan os.
 			_ = cmd.Process.Kill()
 		}
 	}
-}
-
-func exitStatus(cmd *exec.Cmd, err error) int {
-	if err == nil {
-		return 0
-	}
-	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
-		if ws.Signaled() {
-			return 128 + int(ws.Signal())
-		}
-		return ws.ExitStatus()
-	}
-	return 1
 }
 
 // waitTarget serves an existing namespace until it disappears or a signal.
@@ -273,15 +261,5 @@ func waitTarget(cfg *conf.Config, engErr chan error, sigs chan os.Signal) (int, 
 				return 0, nil
 			}
 		}
-	}
-}
-
-// raiseNofile lifts the soft open-file limit to the hard one: every flow
-// holds a socket.
-func raiseNofile() {
-	var r unix.Rlimit
-	if unix.Getrlimit(unix.RLIMIT_NOFILE, &r) == nil && r.Cur < r.Max {
-		r.Cur = r.Max
-		_ = unix.Setrlimit(unix.RLIMIT_NOFILE, &r)
 	}
 }

@@ -168,7 +168,9 @@ func TestGuestToLoopbackEcho(t *testing.T) {
 			}
 			defer srv.Close()
 			port := uint16(srv.LocalAddr().(*net.UDPAddr).Port)
-			src := netip.AddrPortFrom(c.guest, 40000+port%1000)
+			// A port that was just free on the host, so the engine can
+			// keep it as the source port.
+			src := netip.AddrPortFrom(c.guest, freePortOn(t, c.network, c.loop))
 			dst := netip.AddrPortFrom(c.gw, port)
 
 			payloads := [][]byte{{}, []byte("x"), bytes.Repeat([]byte("gopasst"), 196), bytes.Repeat([]byte{0xa5}, 65000)}
@@ -232,8 +234,18 @@ func TestForwardToGuest(t *testing.T) {
 }
 
 func freePort(t *testing.T) uint16 {
+	return freePortOn(t, "udp4", netip.MustParseAddr("127.0.0.1"))
+}
+
+// freePortOn returns a UDP port that is free on every address of the
+// family (the engine binds the unspecified address).
+func freePortOn(t *testing.T, network string, a netip.Addr) uint16 {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	any := netip.IPv4Unspecified()
+	if a.Is6() {
+		any = netip.IPv6Unspecified()
+	}
+	c, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(any, 0)))
 	if err != nil {
 		t.Fatal(err)
 	}

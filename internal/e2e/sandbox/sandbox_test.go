@@ -208,7 +208,15 @@ func TestCleanup(t *testing.T) {
 			}
 			cmds = append(cmds, cmd)
 		}
-		out, err := ipCmd("netns", "pids", s.WorldNS)
+		// "ip netns exec" enters the namespace after it starts: wait
+		// until both processes are inside.
+		var out string
+		var err error
+		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if out, err = ipCmd("netns", "pids", s.WorldNS); err == nil && len(strings.Fields(out)) == 2 {
+				break
+			}
+		}
 		if err != nil || len(strings.Fields(out)) != 2 {
 			t.Errorf("ip netns pids %s: %v %q", s.WorldNS, err, out)
 		}

@@ -55,8 +55,16 @@ func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters)
 		e.L2.Prefix6 = netip.Prefix{}
 	}
 	if !cfg.NoUDP {
-		rules := &fwd.Rules{Gateway4: n.Gateway4, Gateway6: n.Gateway6, RouterLL6: e.L2.LinkLocal(), NoMapGW: cfg.NoMapGW, HostAddrs: n.HostAddrs,
-			Outbound4: cfg.Outbound4, Outbound6: cfg.Outbound6, IPv4: n.IPv4, IPv6: n.IPv6}
+		rules := &fwd.Rules{
+			MapHostLoopback4: n.MapHostLoopback4, MapHostLoopback6: n.MapHostLoopback6,
+			MapGuestAddr4: n.MapGuestAddr4, MapGuestAddr6: n.MapGuestAddr6, GuestAddr4: a4, GuestAddr6: a6,
+			DNSMatch4: n.DNSMatch4, DNSMatch6: n.DNSMatch6, DNSHost4: n.DNSHost4, DNSHost6: n.DNSHost6,
+			HostAddrs: n.HostAddrs, Outbound4: cfg.Outbound4, Outbound6: cfg.Outbound6,
+			OutboundIf4: cfg.OutboundIf4, OutboundIf6: cfg.OutboundIf6, IPv4: n.IPv4, IPv6: n.IPv6,
+		}
+		if n.MapHostLoopback6.IsValid() {
+			rules.RouterLL6 = e.L2.LinkLocal()
+		}
 		var err error
 		e.UDP, err = udp.New(udp.Config{Rules: rules, Guest: guest, OurMAC: n.OurMAC, Tap: ep, Stats: st,
 			Forwards: n.Forwards, Timeout: n.Timeout, StreamTimeout: n.StreamTimeout, MaxFlows: cfg.MaxFlows})

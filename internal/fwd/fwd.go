@@ -8,15 +8,19 @@
 // 198.51.100.1 leaves the host from a socket connected to 198.51.100.1, and
 // a datagram from a remote peer reaches the guest from that peer's address.
 //
-// Two mappings make the host itself reachable:
+// A few mappings make the host itself reachable:
 //
-//   - Outbound, the guest's default gateway address (and our link-local
-//     address, the router of router advertisements) stands for the host:
-//     datagrams to it are sent to the host's loopback (127.0.0.1 or ::1),
-//     unless --no-map-gw.
+//   - Outbound, one address stands for the host (--map-host-loopback; by
+//     default the guest's gateway, and with it our link-local address, the
+//     router of router advertisements): datagrams to it are sent to the
+//     host's loopback (127.0.0.1 or ::1), unless --no-map-gw.
 //   - Inbound, datagrams from the host's loopback or from one of the host's
 //     own addresses, which the guest could not tell from its own, appear to
-//     come from the gateway address.
+//     come from that address.
+//   - --map-guest-addr names an address that stands for the host's own
+//     address, which the guest's shadows (it was given the same one).
+//   - DNS to the --dns-forward address goes to the host's resolver
+//     (--dns-host), which may live on the host's loopback.
 //
 // [Rules] holds the configuration, [Guest] what has been learnt about the
 // guest from its frames (its MAC address and the addresses it uses), and the
@@ -34,18 +38,30 @@ import (
 
 // Rules is the forwarding configuration.
 type Rules struct {
-	// Gateway4 and Gateway6 are the guest's gateway addresses.
-	Gateway4, Gateway6 netip.Addr
+	// MapHostLoopback4 and MapHostLoopback6 stand for the host: the guest
+	// reaches the host's loopback through them, and datagrams from the
+	// host's loopback (and its own addresses) appear to come from them.
+	// By default the gateway (--map-host-loopback; --no-map-gw: none).
+	MapHostLoopback4, MapHostLoopback6 netip.Addr
 	// RouterLL6 is our link-local address, the router that router
-	// advertisements name; it stands for the host like the gateway does.
+	// advertisements name; it stands for the host like MapHostLoopback6.
 	RouterLL6 netip.Addr
-	// NoMapGW disables the gateway ↔ host loopback mapping.
-	NoMapGW bool
+	// MapGuestAddr4 and MapGuestAddr6 (--map-guest-addr) stand for the
+	// address the guest was assigned (GuestAddr4, GuestAddr6) as the host
+	// has it: the guest's own address shadows the host's otherwise.
+	MapGuestAddr4, MapGuestAddr6 netip.Addr
+	GuestAddr4, GuestAddr6       netip.Addr
+	// DNSMatch4 and DNSMatch6 (--dns-forward) redirect DNS (port 53) to
+	// DNSHost4 and DNSHost6 (--dns-host, or the host's first resolver).
+	DNSMatch4, DNSMatch6 netip.Addr
+	DNSHost4, DNSHost6   netip.Addr
 	// HostAddrs are the host's own addresses: datagrams from them appear to
-	// the guest as coming from the gateway.
+	// the guest as coming from MapHostLoopback.
 	HostAddrs []netip.Addr
-	// Outbound4 and Outbound6, when valid, are bound by outbound sockets.
-	Outbound4, Outbound6 netip.Addr
+	// Outbound4 and Outbound6, when valid, are bound by outbound sockets
+	// (-o); OutboundIf4 and OutboundIf6 name their device (--outbound-if4/6).
+	Outbound4, Outbound6     netip.Addr
+	OutboundIf4, OutboundIf6 string
 	// IPv4 and IPv6 say which families are enabled.
 	IPv4, IPv6 bool
 }
@@ -54,6 +70,9 @@ var (
 	loop4 = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 	loop6 = netip.IPv6Loopback()
 )
+
+// dnsPort is where --dns-forward applies.
+const dnsPort = 53
 
 // Verdict explains a refusal to forward.
 type Verdict uint8
@@ -64,7 +83,7 @@ const (
 	BadSource           // source address not unicast or port zero
 	BadDest             // destination multicast, broadcast, unspecified or port zero
 	FamilyOff           // address family disabled
-	Unmappable          // loopback source with no gateway to stand for it
+	Unmappable          // host-local source with no address to stand for it
 	NumVerdicts         // number of verdicts
 )
 
@@ -76,31 +95,69 @@ func (r *Rules) FromTap(ini flow.Side) (flow.Side, Verdict) {
 	if !unicast(ini.EAddr) || ini.EPort == 0 {
 		return flow.Side{}, BadSource
 	}
-	if !unicast(ini.FAddr) || ini.FPort == 0 || ini.FAddr.IsLinkLocalUnicast() && !r.isGateway(ini.FAddr) {
+	if !unicast(ini.FAddr) || ini.FPort == 0 {
 		return flow.Side{}, BadDest
 	}
 	if !r.familyOn(ini.FAddr) {
 		return flow.Side{}, FamilyOff
 	}
-	tgt := flow.Side{EAddr: ini.FAddr, EPort: ini.FPort, FPort: ini.EPort}
-	if !r.NoMapGW && r.isGateway(ini.FAddr) {
-		if ini.FAddr.Is4() {
-			tgt.EAddr = loop4
-		} else {
-			tgt.EAddr = loop6
-		}
+	dst, ok := r.outbound(ini.FAddr, ini.FPort)
+	if !ok {
+		return flow.Side{}, BadDest
 	}
+	tgt := flow.Side{EAddr: dst, EPort: ini.FPort, FPort: ini.EPort}
 	switch {
-	case tgt.EAddr.Is4() && r.Outbound4.IsValid() && !tgt.EAddr.IsLoopback():
+	case dst.Is4() && r.Outbound4.IsValid() && !dst.IsLoopback():
 		tgt.FAddr = r.Outbound4
-	case tgt.EAddr.Is6() && r.Outbound6.IsValid() && !tgt.EAddr.IsLoopback():
+	case dst.Is6() && r.Outbound6.IsValid() && !dst.IsLoopback():
 		tgt.FAddr = r.Outbound6
-	case tgt.EAddr.Is4():
+	case dst.Is4():
 		tgt.FAddr = netip.IPv4Unspecified()
 	default:
 		tgt.FAddr = netip.IPv6Unspecified()
 	}
 	return tgt, OK
+}
+
+// outbound translates the destination the guest used into the one on the
+// host; it fails for addresses the host cannot reach (link-local ones that
+// stand for nothing).
+func (r *Rules) outbound(a netip.Addr, port uint16) (netip.Addr, bool) {
+	v4 := a.Is4()
+	pick := func(a4, a6 netip.Addr) netip.Addr {
+		if v4 {
+			return a4
+		}
+		return a6
+	}
+	if m := pick(r.DNSMatch4, r.DNSMatch6); port == dnsPort && m.IsValid() && a == m {
+		if h := pick(r.DNSHost4, r.DNSHost6); h.IsValid() {
+			return h, true
+		}
+	}
+	if m := pick(r.MapHostLoopback4, r.MapHostLoopback6); m.IsValid() && (a == m || !v4 && a == r.RouterLL6) {
+		return pick(loop4, loop6), true
+	}
+	if m := pick(r.MapGuestAddr4, r.MapGuestAddr6); m.IsValid() && a == m {
+		if g := pick(r.GuestAddr4, r.GuestAddr6); g.IsValid() {
+			return g, true
+		}
+	}
+	if a.IsLinkLocalUnicast() {
+		return netip.Addr{}, false
+	}
+	return a, true
+}
+
+// OutboundIf is the device outbound sockets to dst are bound to, or "".
+func (r *Rules) OutboundIf(dst netip.Addr) string {
+	switch {
+	case dst.IsLoopback():
+		return ""
+	case dst.Is4():
+		return r.OutboundIf4
+	}
+	return r.OutboundIf6
 }
 
 // FromHost computes the guest side of a flow initiated by a datagram that a
@@ -115,7 +172,8 @@ func (r *Rules) FromHost(ini flow.Side, guestPort uint16, g *Guest) (flow.Side, 
 		return flow.Side{}, FamilyOff
 	}
 	tgt := flow.Side{EPort: guestPort, FPort: ini.EPort, FAddr: ini.EAddr}
-	if ini.EAddr.Is4() {
+	v4 := ini.EAddr.Is4()
+	if v4 {
 		tgt.EAddr = g.Addr4()
 	} else {
 		tgt.EAddr = g.Addr6()
@@ -123,21 +181,20 @@ func (r *Rules) FromHost(ini flow.Side, guestPort uint16, g *Guest) (flow.Side, 
 	if !tgt.EAddr.IsValid() {
 		return flow.Side{}, FamilyOff
 	}
-	if ini.EAddr.IsLoopback() || r.isHostAddr(ini.EAddr) {
-		gw := r.Gateway6
-		if ini.EAddr.Is4() {
-			gw = r.Gateway4
-		}
-		if r.NoMapGW || !gw.IsValid() {
+	mapHost, mapGuest, guestAddr := r.MapHostLoopback6, r.MapGuestAddr6, r.GuestAddr6
+	if v4 {
+		mapHost, mapGuest, guestAddr = r.MapHostLoopback4, r.MapGuestAddr4, r.GuestAddr4
+	}
+	switch src := ini.EAddr; {
+	case mapGuest.IsValid() && src == guestAddr:
+		tgt.FAddr = mapGuest
+	case src.IsLoopback() || r.isHostAddr(src):
+		if !mapHost.IsValid() {
 			return flow.Side{}, Unmappable
 		}
-		tgt.FAddr = gw
+		tgt.FAddr = mapHost
 	}
 	return tgt, OK
-}
-
-func (r *Rules) isGateway(a netip.Addr) bool {
-	return a.IsValid() && (a == r.Gateway4 || a == r.Gateway6 || a == r.RouterLL6)
 }
 
 func (r *Rules) isHostAddr(a netip.Addr) bool {

@@ -12,11 +12,15 @@ var a = netip.MustParseAddr
 
 func rules() *Rules {
 	return &Rules{
-		Gateway4: a("192.0.2.1"), Gateway6: a("2001:db8::1"),
+		MapHostLoopback4: a("192.0.2.1"), MapHostLoopback6: a("2001:db8::1"),
+		GuestAddr4: a("192.0.2.2"), GuestAddr6: a("2001:db8::2"),
 		HostAddrs: []netip.Addr{a("192.0.2.2"), a("2001:db8::2")},
 		IPv4:      true, IPv6: true,
 	}
 }
+
+// noMap is --no-map-gw.
+func noMap(r *Rules) { r.MapHostLoopback4, r.MapHostLoopback6 = netip.Addr{}, netip.Addr{} }
 
 func TestFromTap(t *testing.T) {
 	cases := []struct {
@@ -31,7 +35,7 @@ func TestFromTap(t *testing.T) {
 		{"gw6 to loopback", nil,
 			flow.Side{EAddr: a("2001:db8::2"), EPort: 4000, FAddr: a("2001:db8::1"), FPort: 53},
 			flow.Side{EAddr: a("::1"), EPort: 53, FAddr: a("::"), FPort: 4000}, OK},
-		{"no-map-gw", func(r *Rules) { r.NoMapGW = true },
+		{"no-map-gw", noMap,
 			flow.Side{EAddr: a("192.0.2.2"), EPort: 4000, FAddr: a("192.0.2.1"), FPort: 53},
 			flow.Side{EAddr: a("192.0.2.1"), EPort: 53, FAddr: a("0.0.0.0"), FPort: 4000}, OK},
 		{"remote as is", nil,
@@ -47,6 +51,21 @@ func TestFromTap(t *testing.T) {
 		{"unspecified source", nil, flow.Side{EAddr: a("0.0.0.0"), EPort: 68, FAddr: a("192.0.2.1"), FPort: 1}, flow.Side{}, BadSource},
 		{"router link-local to loopback", func(r *Rules) { r.RouterLL6 = a("fe80::9855:9aff:fe55:9a55") },
 			flow.Side{EAddr: a("2001:db8::2"), EPort: 4000, FAddr: a("fe80::9855:9aff:fe55:9a55"), FPort: 53},
+			flow.Side{EAddr: a("::1"), EPort: 53, FAddr: a("::"), FPort: 4000}, OK},
+		{"map-host-loopback elsewhere", func(r *Rules) { r.MapHostLoopback4 = a("192.0.2.200") },
+			flow.Side{EAddr: a("192.0.2.2"), EPort: 4000, FAddr: a("192.0.2.200"), FPort: 53},
+			flow.Side{EAddr: a("127.0.0.1"), EPort: 53, FAddr: a("0.0.0.0"), FPort: 4000}, OK},
+		{"map-guest-addr out", func(r *Rules) { r.MapGuestAddr6 = a("2001:db8::9") },
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 4000, FAddr: a("2001:db8::9"), FPort: 7},
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 7, FAddr: a("::"), FPort: 4000}, OK},
+		{"dns-forward to a loopback stub", func(r *Rules) { r.DNSMatch4, r.DNSHost4 = a("192.0.2.53"), a("127.0.0.53") },
+			flow.Side{EAddr: a("192.0.2.2"), EPort: 4000, FAddr: a("192.0.2.53"), FPort: 53},
+			flow.Side{EAddr: a("127.0.0.53"), EPort: 53, FAddr: a("0.0.0.0"), FPort: 4000}, OK},
+		{"dns-forward only for port 53", func(r *Rules) { r.DNSMatch4, r.DNSHost4 = a("192.0.2.53"), a("127.0.0.53") },
+			flow.Side{EAddr: a("192.0.2.2"), EPort: 4000, FAddr: a("192.0.2.53"), FPort: 54},
+			flow.Side{EAddr: a("192.0.2.53"), EPort: 54, FAddr: a("0.0.0.0"), FPort: 4000}, OK},
+		{"dns on the gateway goes to the resolver", func(r *Rules) { r.DNSMatch6, r.DNSHost6 = a("2001:db8::1"), a("::1") },
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 4000, FAddr: a("2001:db8::1"), FPort: 53},
 			flow.Side{EAddr: a("::1"), EPort: 53, FAddr: a("::"), FPort: 4000}, OK},
 		{"link-local dest", nil, flow.Side{EAddr: a("2001:db8::2"), EPort: 1, FAddr: a("fe80::5"), FPort: 1}, flow.Side{}, BadDest},
 		{"v6 off", func(r *Rules) { r.IPv6 = false }, flow.Side{EAddr: a("2001:db8::2"), EPort: 1, FAddr: a("2001:db8::1"), FPort: 1}, flow.Side{}, FamilyOff},
@@ -80,7 +99,13 @@ func TestFromHost(t *testing.T) {
 		{"remote kept", nil,
 			flow.Side{EAddr: a("198.51.100.1"), EPort: 5555, FAddr: a("0.0.0.0"), FPort: 10001},
 			flow.Side{EAddr: a("192.0.2.2"), EPort: 10002, FAddr: a("198.51.100.1"), FPort: 5555}, OK},
-		{"loopback without mapping", func(r *Rules) { r.NoMapGW = true },
+		{"map-guest-addr", func(r *Rules) { r.MapGuestAddr4 = a("192.0.2.9") },
+			flow.Side{EAddr: a("192.0.2.2"), EPort: 5555, FAddr: a("0.0.0.0"), FPort: 10001},
+			flow.Side{EAddr: a("192.0.2.2"), EPort: 10002, FAddr: a("192.0.2.9"), FPort: 5555}, OK},
+		{"custom map-host-loopback", func(r *Rules) { r.MapHostLoopback6 = a("2001:db8::99") },
+			flow.Side{EAddr: a("::1"), EPort: 5555, FAddr: a("::"), FPort: 10001},
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 10002, FAddr: a("2001:db8::99"), FPort: 5555}, OK},
+		{"loopback without mapping", noMap,
 			flow.Side{EAddr: a("::1"), EPort: 5555, FAddr: a("::"), FPort: 10001}, flow.Side{}, Unmappable},
 	}
 	for _, c := range cases {

@@ -12,7 +12,8 @@
 // Options override each piece (-a, -n, -g, -m, -M, -D, -S). Resolvers come
 // from the host's resolv.conf; a resolver on the host's loopback cannot be
 // reached from the guest by its own address, so the guest is told to use
-// the gateway address instead, which gopasst maps to the host's loopback.
+// the gateway address instead (or the --dns-forward address), and DNS
+// queries to that address are redirected to the resolver.
 package netcfg
 
 import (
@@ -57,6 +58,16 @@ type Net struct {
 	// DNS4 and DNS6 are the resolvers to advertise, Search the domains.
 	DNS4, DNS6 []netip.Addr
 	Search     []string
+	// MapHostLoopback4 and MapHostLoopback6 stand for the host's loopback
+	// (--map-host-loopback, by default the gateway; invalid: none).
+	MapHostLoopback4, MapHostLoopback6 netip.Addr
+	// MapGuestAddr4 and MapGuestAddr6 are --map-guest-addr.
+	MapGuestAddr4, MapGuestAddr6 netip.Addr
+	// DNSMatch4 and DNSMatch6 are where the guest's DNS queries are taken
+	// from (--dns-forward, or the address a host-local resolver is
+	// advertised as), DNSHost4 and DNSHost6 where they go.
+	DNSMatch4, DNSMatch6 netip.Addr
+	DNSHost4, DNSHost6   netip.Addr
 	// Forwards are the -u listening sockets.
 	Forwards []udp.Forward
 	// Timeout and StreamTimeout expire UDP flows.
@@ -107,24 +118,49 @@ func Derive(cfg *conf.Config) (*Net, error) {
 		n.Timeout, n.StreamTimeout = cfg.UDPTimeout, cfg.UDPTimeout
 	}
 	n.Forwards = ExpandForwards(cfg.UDPFwd, n.IPv4, n.IPv6)
+	n.mappings(cfg)
 	n.dns(cfg)
 	return n, nil
 }
 
-// dns fills the resolvers and search list: -D and -S, or resolv.conf.
-func (n *Net) dns(cfg *conf.Config) {
-	servers, search := cfg.DNS, cfg.Search
-	if len(servers) == 0 && !cfg.DNSNone || len(search) == 0 && !cfg.SearchNone {
-		if f, err := os.Open("/etc/resolv.conf"); err == nil {
-			rs, rsearch := ReadResolvConf(f)
-			f.Close()
-			if len(servers) == 0 && !cfg.DNSNone {
-				servers = n.mapResolvers(rs, cfg.NoMapGW)
-			}
-			if len(search) == 0 && !cfg.SearchNone {
-				search = rsearch
-			}
+// mappings sets the addresses that stand for the host.
+func (n *Net) mappings(cfg *conf.Config) {
+	n.MapHostLoopback4, n.MapHostLoopback6 = cfg.MapHostLoopback4, cfg.MapHostLoopback6
+	if !cfg.NoMapGW {
+		if !n.MapHostLoopback4.IsValid() {
+			n.MapHostLoopback4 = n.Gateway4
 		}
+		if !n.MapHostLoopback6.IsValid() {
+			n.MapHostLoopback6 = n.Gateway6
+		}
+	}
+	n.MapGuestAddr4, n.MapGuestAddr6 = cfg.MapGuestAddr4, cfg.MapGuestAddr6
+	n.DNSMatch4, n.DNSMatch6 = cfg.DNSForward4, cfg.DNSForward6
+	n.DNSHost4, n.DNSHost6 = cfg.DNSHost4, cfg.DNSHost6
+}
+
+// dns fills the resolvers and search list: -D and -S, or resolv.conf,
+// and the DNS redirection (--dns-forward, --dns-host).
+func (n *Net) dns(cfg *conf.Config) {
+	var resolv []netip.Addr
+	var domains []string
+	if f, err := os.Open("/etc/resolv.conf"); err == nil {
+		resolv, domains = ReadResolvConf(f)
+		f.Close()
+	}
+	// The host's first resolver of each family is where redirected
+	// queries go, unless --dns-host says otherwise.
+	for _, r := range resolv {
+		if r.Is4() && !n.DNSHost4.IsValid() {
+			n.DNSHost4 = r
+		}
+		if r.Is6() && !n.DNSHost6.IsValid() {
+			n.DNSHost6 = r
+		}
+	}
+	servers := cfg.DNS
+	if len(servers) == 0 && !cfg.DNSNone {
+		servers = n.advertised(resolv)
 	}
 	for _, s := range servers {
 		switch {
@@ -134,27 +170,41 @@ func (n *Net) dns(cfg *conf.Config) {
 			n.DNS6 = append(n.DNS6, s)
 		}
 	}
-	n.Search = search
+	n.Search = cfg.Search
+	if len(n.Search) == 0 && !cfg.SearchNone {
+		n.Search = domains
+	}
 }
 
-// mapResolvers replaces resolvers on the host's loopback by the gateway
-// address, which reaches them through the gateway mapping; other loopback
-// addresses (a stub such as 127.0.0.53) cannot be reached that way yet.
-func (n *Net) mapResolvers(rs []netip.Addr, noMapGW bool) []netip.Addr {
+// advertised turns the host's resolvers into what the guest is told. A
+// resolver on the host's loopback, or one at the address that stands for
+// the host (the gateway, when it is also the resolver), cannot be reached
+// by that address from the guest: it is advertised as the --dns-forward
+// address or, without one, as the address that stands for the host, and
+// queries to that address are redirected to it.
+func (n *Net) advertised(rs []netip.Addr) []netip.Addr {
 	var out []netip.Addr
 	for _, r := range rs {
-		switch {
-		case !r.IsLoopback():
-			out = append(out, r)
-		case noMapGW:
-			log.Debugf("DNS: resolver %s is on loopback and --no-map-gw is set: not advertised", r)
-		case r == netip.AddrFrom4([4]byte{127, 0, 0, 1}) && n.Gateway4.IsValid():
-			out = append(out, n.Gateway4)
-		case r == netip.IPv6Loopback() && n.Gateway6.IsValid():
-			out = append(out, n.Gateway6)
-		default:
-			log.Debugf("DNS: resolver %s is not reachable through the gateway: not advertised", r)
+		match, mapHost, host := &n.DNSMatch6, n.MapHostLoopback6, &n.DNSHost6
+		if r.Is4() {
+			match, mapHost, host = &n.DNSMatch4, n.MapHostLoopback4, &n.DNSHost4
 		}
+		if !r.IsLoopback() && r != mapHost {
+			out = append(out, r)
+			continue
+		}
+		if !match.IsValid() {
+			if !mapHost.IsValid() {
+				log.Debugf("DNS: resolver %s cannot be reached from the guest: not advertised", r)
+				continue
+			}
+			*match = mapHost
+		}
+		if *host != r {
+			log.Debugf("DNS: resolver %s is not the one queries are redirected to (%s): not advertised", r, *host)
+			continue
+		}
+		out = append(out, *match)
 	}
 	return out
 }

@@ -27,16 +27,37 @@ options ndots:2
 	}
 }
 
-func TestMapResolvers(t *testing.T) {
-	n := &Net{Gateway4: netip.MustParseAddr("192.0.2.1"), Gateway6: netip.MustParseAddr("2001:db8::1")}
-	in := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.53"), netip.MustParseAddr("::1"), netip.MustParseAddr("198.51.100.53")}
-	got := n.mapResolvers(in, false)
-	want := []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("198.51.100.53")}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("got %v, want %v", got, want)
+func TestAdvertised(t *testing.T) {
+	a := netip.MustParseAddr
+	cases := []struct {
+		name           string
+		n              Net
+		in, want       []netip.Addr
+		match4, match6 netip.Addr
+	}{
+		{"loopback stub via the gateway",
+			Net{MapHostLoopback4: a("192.0.2.1"), MapHostLoopback6: a("2001:db8::1"), DNSHost4: a("127.0.0.53")},
+			[]netip.Addr{a("127.0.0.53"), a("198.51.100.53")}, []netip.Addr{a("192.0.2.1"), a("198.51.100.53")},
+			a("192.0.2.1"), netip.Addr{}},
+		{"gateway that is also the resolver",
+			Net{MapHostLoopback4: a("192.0.2.1"), DNSHost4: a("192.0.2.1")},
+			[]netip.Addr{a("192.0.2.1")}, []netip.Addr{a("192.0.2.1")}, a("192.0.2.1"), netip.Addr{}},
+		{"--dns-forward with --no-map-gw",
+			Net{DNSMatch6: a("2001:db8::53"), DNSHost6: a("::1")},
+			[]netip.Addr{a("::1")}, []netip.Addr{a("2001:db8::53")}, netip.Addr{}, a("2001:db8::53")},
+		{"unreachable loopback resolver",
+			Net{DNSHost4: a("127.0.0.1")},
+			[]netip.Addr{a("127.0.0.1"), a("198.51.100.53")}, []netip.Addr{a("198.51.100.53")}, netip.Addr{}, netip.Addr{}},
+		{"second loopback resolver not redirected",
+			Net{MapHostLoopback4: a("192.0.2.1"), DNSHost4: a("127.0.0.53")},
+			[]netip.Addr{a("127.0.0.53"), a("127.0.0.1")}, []netip.Addr{a("192.0.2.1")}, a("192.0.2.1"), netip.Addr{}},
 	}
-	if got := n.mapResolvers(in, true); !reflect.DeepEqual(got, want[2:]) {
-		t.Fatalf("with --no-map-gw got %v", got)
+	for _, c := range cases {
+		n := c.n
+		got := n.advertised(c.in)
+		if !reflect.DeepEqual(got, c.want) || n.DNSMatch4 != c.match4 || n.DNSMatch6 != c.match6 {
+			t.Errorf("%s: got %v match %v %v, want %v match %v %v", c.name, got, n.DNSMatch4, n.DNSMatch6, c.want, c.match4, c.match6)
+		}
 	}
 }
 

@@ -111,10 +111,10 @@ func listenSocket(addr netip.Addr, port uint16, ifname string) (int, error) {
 }
 
 // replySocket opens a socket bound to local (its port kept if free, an
-// ephemeral one otherwise) and connected to remote. It returns the port it
-// got.
-func replySocket(local, remote netip.AddrPort) (int, uint16, error) {
-	fd, err := newSocket(remote.Addr(), "")
+// ephemeral one otherwise), and to device ifname if not empty, and
+// connected to remote. It returns the port it got.
+func replySocket(local, remote netip.AddrPort, ifname string) (int, uint16, error) {
+	fd, err := newSocket(remote.Addr(), ifname)
 	if err != nil {
 		return -1, 0, err
 	}

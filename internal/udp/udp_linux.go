@@ -328,7 +328,8 @@ func (e *Engine) newFromTap(ini flow.Side, now int64) flow.Ref {
 		log.Debugf("UDP: flow table full, dropping %s", ini)
 		return flow.NoRef
 	}
-	fd, port, err := replySocket(netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort))
+	fd, port, err := replySocket(netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort),
+		e.cfg.Rules.OutboundIf(tgt.EAddr))
 	if err != nil {
 		e.tab.Free(idx)
 		e.st.Drop(stats.DropSockErr)

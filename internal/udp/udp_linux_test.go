@@ -38,7 +38,7 @@ func newEngine(t *testing.T, fwds ...Forward) (*Engine, *fakeTap, *fwd.Guest) {
 	g := fwd.NewGuest(guest4, guest6)
 	g.SeeMAC(packet.MAC(guestMAC))
 	e, err := New(Config{
-		Rules: &fwd.Rules{Gateway4: gw4, Gateway6: gw6, IPv4: true, IPv6: true},
+		Rules: &fwd.Rules{MapHostLoopback4: gw4, MapHostLoopback6: gw6, IPv4: true, IPv6: true},
 		Guest: g, OurMAC: ourMAC, Tap: tap, Stats: &stats.Counters{}, Forwards: fwds,
 		Timeout: time.Minute, StreamTimeout: time.Minute,
 	})

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -66,10 +67,18 @@ func evData(kind, side int, idx int32, gen uint32) unix.EpollEvent {
 }
 
 type listener struct {
-	fd   int
-	addr netip.Addr // bound address, unspecified for any
-	port uint16
-	to   uint16
+	fd     int        // -1 for a free slot
+	addr   netip.Addr // bound address, unspecified for any
+	ifname string
+	port   uint16
+	to     uint16
+}
+
+// lstReq asks the socket loop to open (add) or close a listening socket.
+type lstReq struct {
+	add  bool
+	f    Forward
+	done chan error
 }
 
 // rxBatch holds the buffers of the socket loop: payloads land after the
@@ -105,7 +114,11 @@ type Engine struct {
 	tx    txBatch
 	clock func() int64
 
-	closeOnce sync.Once
+	// Listening sockets are opened and closed by the socket loop only,
+	// on request (AddForward, RemoveForward).
+	reqs     chan lstReq
+	stopping atomic.Bool
+	runDone  chan struct{}
 }
 
 // New opens the listening sockets of cfg.Forwards and returns an Engine
@@ -114,7 +127,8 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.MaxFlows <= 0 {
 		cfg.MaxFlows = 65536
 	}
-	e := &Engine{cfg: cfg, st: cfg.Stats, tab: flow.NewTable(cfg.MaxFlows), clock: monotonic}
+	e := &Engine{cfg: cfg, st: cfg.Stats, tab: flow.NewTable(cfg.MaxFlows), clock: monotonic,
+		reqs: make(chan lstReq, 16), runDone: make(chan struct{})}
 	var err error
 	if e.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, err
@@ -129,16 +143,9 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	for _, f := range cfg.Forwards {
-		fd, err := listenSocket(f.Addr, f.Port, f.Ifname)
-		if err != nil {
+		if err := e.openListener(f); err != nil {
 			e.Close()
-			return nil, fmt.Errorf("UDP port %s: %w", netip.AddrPortFrom(f.Addr, f.Port), err)
-		}
-		idx := int32(len(e.lst))
-		e.lst = append(e.lst, listener{fd: fd, addr: f.Addr, port: f.Port, to: f.ToPort})
-		ev := evData(kindListener, 0, idx, 0)
-		if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-			e.Close()
+			e.release()
 			return nil, err
 		}
 	}
@@ -171,14 +178,101 @@ func monotonic() int64 { return time.Since(epoch).Nanoseconds() }
 
 var epoch = time.Now()
 
-// Close stops Run and closes every socket.
-func (e *Engine) Close() {
-	e.closeOnce.Do(func() {
-		if e.wake > 0 {
-			var one = [8]byte{1}
-			_, _ = unix.Write(e.wake, one[:])
+// openListener opens the listening socket of f. Called before Run or
+// from the socket loop.
+func (e *Engine) openListener(f Forward) error {
+	fd, err := listenSocket(f.Addr, f.Port, f.Ifname)
+	if err != nil {
+		return fmt.Errorf("UDP port %s: %w", netip.AddrPortFrom(f.Addr, f.Port), err)
+	}
+	idx := int32(len(e.lst))
+	for i := range e.lst {
+		if e.lst[i].fd < 0 {
+			idx = int32(i)
+			break
 		}
-	})
+	}
+	l := listener{fd: fd, addr: f.Addr, ifname: f.Ifname, port: f.Port, to: f.ToPort}
+	if int(idx) == len(e.lst) {
+		e.lst = append(e.lst, l)
+	} else {
+		e.lst[idx] = l
+	}
+	ev := evData(kindListener, 0, idx, 0)
+	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		unix.Close(fd)
+		e.lst[idx].fd = -1
+		return err
+	}
+	return nil
+}
+
+// closeListener closes the listening socket of f. Flows it started keep
+// their own duplicate of it and live on.
+func (e *Engine) closeListener(f Forward) error {
+	for i := range e.lst {
+		l := &e.lst[i]
+		if l.fd >= 0 && l.addr == f.Addr && l.port == f.Port && l.ifname == f.Ifname {
+			_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, l.fd, nil)
+			unix.Close(l.fd)
+			l.fd = -1
+			return nil
+		}
+	}
+	return fmt.Errorf("UDP port %s: not forwarded", netip.AddrPortFrom(f.Addr, f.Port))
+}
+
+// AddForward opens a listening socket for f while Run is running.
+func (e *Engine) AddForward(f Forward) error { return e.request(lstReq{add: true, f: f}) }
+
+// RemoveForward closes the listening socket of f while Run is running.
+func (e *Engine) RemoveForward(f Forward) error { return e.request(lstReq{f: f}) }
+
+func (e *Engine) request(r lstReq) error {
+	r.done = make(chan error, 1)
+	select {
+	case e.reqs <- r:
+	case <-e.runDone:
+		return errors.New("UDP engine stopped")
+	}
+	e.kick()
+	select {
+	case err := <-r.done:
+		return err
+	case <-e.runDone:
+		return errors.New("UDP engine stopped")
+	}
+}
+
+// kick wakes the socket loop.
+func (e *Engine) kick() {
+	var one = [8]byte{1}
+	_, _ = unix.Write(e.wake, one[:])
+}
+
+// serveRequests runs queued listener requests; called by the socket loop.
+func (e *Engine) serveRequests() {
+	var buf [8]byte
+	_, _ = unix.Read(e.wake, buf[:])
+	for {
+		select {
+		case r := <-e.reqs:
+			if r.add {
+				r.done <- e.openListener(r.f)
+			} else {
+				r.done <- e.closeListener(r.f)
+			}
+		default:
+			return
+		}
+	}
+}
+
+// Close stops Run, which closes every socket.
+func (e *Engine) Close() {
+	if !e.stopping.Swap(true) {
+		e.kick()
+	}
 }
 
 // release closes all sockets; called by Run on its way out.
@@ -187,7 +281,9 @@ func (e *Engine) release() {
 	defer e.mu.Unlock()
 	e.tab.Each(func(i int32, f *flow.Flow) { e.closeFlow(i, f) })
 	for _, l := range e.lst {
-		unix.Close(l.fd)
+		if l.fd >= 0 {
+			unix.Close(l.fd)
+		}
 	}
 	e.lst = nil
 	unix.Close(e.epfd)
@@ -204,6 +300,7 @@ func (e *Engine) Flows() int {
 // Run is the host-side loop: it moves datagrams from listening and reply
 // sockets to the guest and expires idle flows, until Close.
 func (e *Engine) Run() error {
+	defer close(e.runDone)
 	defer e.release()
 	events := make([]unix.EpollEvent, 128)
 	lastExpiry := e.clock()
@@ -217,9 +314,14 @@ func (e *Engine) Run() error {
 			kind := int(ev.Pad) >> 28
 			switch kind {
 			case kindWake:
-				return nil
+				if e.stopping.Load() {
+					return nil
+				}
+				e.serveRequests()
 			case kindListener:
-				e.fromListener(&e.lst[ev.Fd])
+				if l := &e.lst[ev.Fd]; l.fd >= 0 {
+					e.fromListener(l)
+				}
 			case kindReply:
 				e.fromReply(ev.Fd, uint8(ev.Pad>>27&1), uint32(ev.Pad)&genMask, ev.Events)
 			}

@@ -270,3 +270,55 @@ func TestHandleTapAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per batch", a)
 	}
 }
+
+// TestAddRemoveForward opens and closes a forward while the engine runs:
+// new senders reach the guest only while it exists, and flows it started
+// survive it.
+func TestAddRemoveForward(t *testing.T) {
+	e, tap, _ := newEngine(t)
+	lo := netip.MustParseAddr("127.0.0.1")
+	f := Forward{Addr: lo, Port: freePort(t), ToPort: 9999}
+	if err := e.AddForward(f); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(lo, f.Port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	cport := uint16(c.LocalAddr().(*net.UDPAddr).Port)
+	checkFrame(t, recvFrame(t, tap), netip.AddrPortFrom(gw4, cport), netip.AddrPortFrom(guest4, 9999), []byte("hello"))
+
+	if err := e.RemoveForward(f); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.RemoveForward(f); err == nil {
+		t.Fatal("removing twice succeeded")
+	}
+	// A new sender is no longer forwarded (the flow's duplicate of the
+	// listening socket still holds the port, but nobody reads it for new
+	// peers).
+	c2, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(lo, f.Port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if _, err := c2.Write([]byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case fr := <-tap.frames:
+		t.Fatalf("datagram from a new sender reached the guest after RemoveForward: %d bytes", len(fr))
+	case <-time.After(300 * time.Millisecond):
+	}
+	// The flow the listener started lives on: the guest can still answer.
+	e.HandleTap([]*packet.Parsed{parse(t, guestFrame(t, netip.AddrPortFrom(guest4, 9999), netip.AddrPortFrom(gw4, cport), []byte("still here")))})
+	buf := make([]byte, 64)
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "still here" {
+		t.Fatalf("reply after RemoveForward: %q %v", buf[:n], err)
+	}
+}

@@ -54,14 +54,17 @@
 // are global, not per namespace, so one look at this process's descriptors
 // covers the sockets it holds in both namespaces. Unlike port-based
 // exclusion, a port that some other process also binds (say with
-// SO_REUSEADDR, which gopasst's listeners set like the reference's) still
+// SO_REUSEADDR, which the reference sets on all its sockets) still
 // counts.
 //
 // Reading the tables and the descriptor list is not atomic, and gopasst
-// opens and closes sockets concurrently, so [Scanner.Step] reads the table,
-// then the descriptors, then the table again, and only trusts sockets seen
-// (same inode, same port) in both reads: such a socket existed during the
-// whole time the descriptors were read, so if it is gopasst's it was found
-// there. A per-flow socket caught between its bind() and connect() is
-// bound and unconnected in one read only, so it does not count either.
+// opens and closes sockets concurrently with the scan, so [Scanner.Step]
+// reads the table, then the descriptors, then the table again, and only
+// trusts sockets seen (same inode, same port) in both reads: such a socket
+// existed during the whole time the descriptors were read, so if it is
+// gopasst's it was found there. A socket seen in one read only counts at
+// the next scan if it is still there, one second later. This covers, for
+// instance, a per-flow socket caught between its bind() and connect(),
+// when it is briefly bound and unconnected; the reference, single-threaded,
+// can never observe that window.
 package autoscan

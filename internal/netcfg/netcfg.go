@@ -237,10 +237,10 @@ func ReadResolvConf(r io.Reader) (servers []netip.Addr, search []string) {
 	return servers, search
 }
 
-// ExpandForwards turns -u rules into one listening socket per port and
-// address family.
+// ExpandForwards turns the fixed -u rules into one listening socket per
+// port and address family ("auto" ones are opened as ports get bound).
 func ExpandForwards(f conf.Forward, v4, v6 bool) []udp.Forward {
-	if f.Mode != conf.FwdSpec {
+	if f.Mode != conf.FwdSpec && f.Mode != conf.FwdAuto {
 		return nil
 	}
 	var out []udp.Forward

@@ -108,6 +108,17 @@ func targetNetns(cfg *conf.Config) string {
 
 func run(cfg *conf.Config) (int, error) {
 	daemon.RaiseNofile()
+	// Unset forwarding directions get pasta's default, "auto".
+	eph, err := conf.SystemEphemeralRange()
+	if err != nil {
+		eph = conf.DefaultEphemeral
+	}
+	if err := cfg.ApplyForwardDefaults(eph); err != nil {
+		return 1, err
+	}
+	if cfg.UDPNSFwd.Mode == conf.FwdSpec || cfg.UDPNSFwd.Mode == conf.FwdAuto && len(cfg.UDPNSFwd.Rules) > 0 {
+		log.Warnf("-U: forwarding from the namespace to the host's loopback (splice) is not implemented yet")
+	}
 	n, err := netcfg.Derive(cfg)
 	if err != nil {
 		return 1, err
@@ -160,6 +171,15 @@ func run(cfg *conf.Config) (int, error) {
 
 	engErr := make(chan error, 1)
 	go func() { engErr <- eng.Run() }()
+	if eng.UDP != nil {
+		stopAuto := make(chan struct{})
+		autoDone := make(chan struct{})
+		go func() {
+			defer close(autoDone)
+			autoForward(ns, eng.UDP, &cfg.UDPFwd, n.IPv4, n.IPv6, stopAuto)
+		}()
+		defer func() { close(stopAuto); <-autoDone }()
+	}
 	defer func() {
 		eng.Close()
 		<-engErr

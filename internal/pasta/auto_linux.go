@@ -1,0 +1,99 @@
+package pasta
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/gopasst/gopasst/internal/autoscan"
+	"github.com/gopasst/gopasst/internal/conf"
+	"github.com/gopasst/gopasst/internal/log"
+	"github.com/gopasst/gopasst/internal/netns"
+	"github.com/gopasst/gopasst/internal/udp"
+)
+
+// autoInterval is how often the namespace's bound ports are read, as the
+// reference does.
+const autoInterval = time.Second
+
+// autoForward keeps host listening sockets open for the -u auto ports
+// that are bound in the namespace, until stop is closed. Like the
+// reference, the namespace's TCP listeners count too (iperf3 and friends
+// announce UDP ports that way).
+func autoForward(ns *netns.NS, eng *udp.Engine, f *conf.Forward, v4, v6 bool, stop <-chan struct{}) {
+	rules := autoscan.RulesFor(f)
+	if len(rules) == 0 {
+		return
+	}
+	var tables *autoscan.Tables
+	err := ns.Do(func() error {
+		var err error
+		// Opened from a thread inside the namespace, the files keep
+		// showing it when read from anywhere.
+		tables, err = autoscan.OpenTables("/proc/thread-self/net", true, true)
+		return err
+	})
+	if err != nil {
+		log.Warnf("UDP auto forwarding disabled: %v", err)
+		return
+	}
+	defer tables.Close()
+	sc := autoscan.NewScanner(rules, tables.Read)
+	failed := map[autoscan.Fwd]bool{}
+	tick := time.NewTicker(autoInterval)
+	defer tick.Stop()
+	for {
+		open, closing, err := sc.Step()
+		if err != nil {
+			log.Debugf("UDP auto forwarding: %v", err)
+		}
+		for _, c := range closing {
+			for _, uf := range expand(c, v4, v6) {
+				_ = eng.RemoveForward(uf)
+			}
+			delete(failed, c)
+			log.Debugf("UDP auto forwarding: closed port %d", c.Port)
+		}
+		for _, o := range open {
+			ok := false
+			for _, uf := range expand(o, v4, v6) {
+				if err := eng.AddForward(uf); err != nil {
+					if !failed[o] {
+						log.Debugf("UDP auto forwarding: %v", err)
+					}
+				} else {
+					ok = true
+				}
+			}
+			if !ok {
+				// Nothing could be bound (the host port is taken):
+				// try again at the next scan, quietly.
+				failed[o] = true
+				sc.Forget(o)
+				continue
+			}
+			delete(failed, o)
+			log.Debugf("UDP auto forwarding: opened port %d -> %d", o.Port, o.ToPort)
+		}
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// expand turns an auto forward into the engine's per-family listening
+// sockets.
+func expand(f autoscan.Fwd, v4, v6 bool) []udp.Forward {
+	if f.Addr.IsValid() && !f.Addr.IsUnspecified() {
+		return []udp.Forward{{Addr: f.Addr.Unmap(), Ifname: f.Ifname, Port: f.Port, ToPort: f.ToPort}}
+	}
+	var out []udp.Forward
+	if v4 {
+		out = append(out, udp.Forward{Addr: netip.IPv4Unspecified(), Ifname: f.Ifname, Port: f.Port, ToPort: f.ToPort})
+	}
+	if v6 {
+		out = append(out, udp.Forward{Addr: netip.IPv6Unspecified(), Ifname: f.Ifname, Port: f.Port, ToPort: f.ToPort})
+	}
+	return out
+}

@@ -162,6 +162,10 @@ type Stream struct {
 	dead string
 	// waits counts frames that needed more than one sendmsg, for tests.
 	waits int
+	// hdrs and iov are WriteFrames' length prefixes and buffer list,
+	// reused under wmu.
+	hdrs [][streamLenSize]byte
+	iov  [][]byte
 
 	closedFlag atomic.Bool // Close was called; cheap check for writers
 
@@ -626,6 +630,74 @@ func (s *Stream) WriteFrame(frame []byte) error {
 		return nil
 	}
 	return s.finish(hdr[:], frame, n)
+}
+
+// WriteFrames sends frames to the guest with as few sendmsg calls as the
+// socket allows: one call carries every length prefix and frame. A frame
+// cut short by a full socket buffer is completed as in WriteFrame; frames
+// that did not go out at all are dropped. It returns how many frames were
+// sent whole.
+func (s *Stream) WriteFrames(frames [][]byte) (int, error) {
+	for _, f := range frames {
+		if len(f) == 0 || len(f) > MaxStreamFrame {
+			return 0, fmt.Errorf("frame of %d bytes cannot be sent to the guest", len(f))
+		}
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.closedFlag.Load() {
+		return 0, ErrClosed
+	}
+	if s.conn < 0 || s.dead != "" {
+		return 0, ErrNoGuest
+	}
+	if cap(s.hdrs) < len(frames) {
+		s.hdrs = make([][streamLenSize]byte, len(frames))
+		s.iov = make([][]byte, 0, 2*len(frames))
+	}
+	sent := 0
+	for sent < len(frames) {
+		s.iov = s.iov[:0]
+		for i, f := range frames[sent:] {
+			h := &s.hdrs[i]
+			binary.BigEndian.PutUint32(h[:], uint32(len(f)))
+			s.iov = append(s.iov, h[:], f)
+		}
+		n, err := s.sendIov()
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) {
+				return sent, errGuestBusy
+			}
+			return sent, err
+		}
+		// Count the frames that went out whole; finish a cut one.
+		for n > 0 {
+			f := frames[sent]
+			whole := streamLenSize + len(f)
+			if n < whole {
+				hdr := s.hdrs[0] // rewritten below: keep this frame's prefix
+				binary.BigEndian.PutUint32(hdr[:], uint32(len(f)))
+				if err := s.finish(hdr[:], f, n); err != nil {
+					return sent, err
+				}
+				n = whole
+			}
+			n -= whole
+			sent++
+		}
+	}
+	return sent, nil
+}
+
+// sendIov writes s.iov with one sendmsg.
+func (s *Stream) sendIov() (int, error) {
+	for {
+		n, err := unix.SendmsgBuffers(s.conn, s.iov, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return n, err
+	}
 }
 
 // send writes prefix and frame from byte off of the two on, with one

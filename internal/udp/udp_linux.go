@@ -23,6 +23,12 @@ type FrameWriter interface {
 	WriteFrame(frame []byte) error
 }
 
+// BatchWriter is a FrameWriter that can also send many frames with one
+// system call (the qemu stream socket). It returns how many went out.
+type BatchWriter interface {
+	WriteFrames(frames [][]byte) (int, error)
+}
+
 // Forward is one forwarded host port: a listening socket on Addr:Port
 // (Addr unspecified for any address of its family), optionally bound to a
 // device, whose datagrams go to the guest's port ToPort.
@@ -90,6 +96,7 @@ type rxBatch struct {
 	msgs  []unix.Mmsghdr
 	to    []flow.Side
 	ok    []bool
+	out   [][]byte // frames built from this batch, to be written
 }
 
 // txBatch holds the message headers of the tap path; iovecs point into
@@ -162,6 +169,7 @@ func newRxBatch() rxBatch {
 		msgs:  make([]unix.Mmsghdr, Batch),
 		to:    make([]flow.Side, Batch),
 		ok:    make([]bool, Batch),
+		out:   make([][]byte, 0, Batch),
 	}
 	for i := range b.bufs {
 		b.bufs[i] = make([]byte, bufSize)
@@ -612,6 +620,7 @@ func (e *Engine) fromListener(l *listener) {
 			e.toTap(i, int(e.rx.msgs[i].Len), &e.rx.to[i], mac)
 		}
 	}
+	e.flush()
 }
 
 // fromReply forwards what the reply socket of side `side` of flow idx
@@ -649,10 +658,11 @@ func (e *Engine) fromReply(idx int32, side uint8, gen uint32, events uint32) {
 	for i := 0; i < n; i++ {
 		e.toTap(i, int(e.rx.msgs[i].Len), &to, mac)
 	}
+	e.flush()
 }
 
-// toTap builds headers in front of the payload in rx buffer i and writes
-// the frame to the guest.
+// toTap builds headers in front of the payload in rx buffer i and queues
+// the frame for flush.
 func (e *Engine) toTap(i, plen int, to *flow.Side, mac packet.MAC) {
 	buf := e.rx.bufs[i]
 	var start int
@@ -668,14 +678,50 @@ func (e *Engine) toTap(i, plen int, to *flow.Side, mac packet.MAC) {
 		packet.PutUDP6(buf[packet.EthLen:], to.FAddr, to.EAddr, to.FPort, to.EPort, plen)
 		packet.PutEthernet(buf, mac, e.cfg.OurMAC, packet.EtherTypeIPv6)
 	}
-	if err := e.cfg.Tap.WriteFrame(buf[start : packet.MaxHeadroom+plen]); err != nil {
-		e.st.Drop(stats.DropTapWrite)
-		if log.Enabled(log.LevelDebug) {
-			log.Debugf("UDP: tap write: %v", err)
-		}
+	e.rx.out = append(e.rx.out, buf[start:packet.MaxHeadroom+plen])
+}
+
+// flush writes the queued frames to the guest: with one call where the
+// endpoint can take a batch, one by one otherwise.
+func (e *Engine) flush() {
+	out := e.rx.out
+	e.rx.out = e.rx.out[:0]
+	if len(out) == 0 {
 		return
 	}
-	e.st.UDPToTap.Add(1)
-	e.st.UDPToTapBytes.Add(uint64(plen))
-	e.st.TapTxFrames.Add(1)
+	var sent int
+	var bytes uint64
+	var err error
+	if bw, ok := e.cfg.Tap.(BatchWriter); ok && len(out) > 1 {
+		sent, err = bw.WriteFrames(out)
+		for _, f := range out[:sent] {
+			bytes += uint64(payloadLen(f))
+		}
+	} else {
+		for _, f := range out {
+			if werr := e.cfg.Tap.WriteFrame(f); werr != nil {
+				err = werr
+				continue
+			}
+			sent++
+			bytes += uint64(payloadLen(f))
+		}
+	}
+	if sent < len(out) {
+		e.st.Drops[stats.DropTapWrite].Add(uint64(len(out) - sent))
+		if log.Enabled(log.LevelDebug) {
+			log.Debugf("UDP: tap write: %d of %d frames dropped: %v", len(out)-sent, len(out), err)
+		}
+	}
+	e.st.UDPToTap.Add(uint64(sent))
+	e.st.UDPToTapBytes.Add(bytes)
+	e.st.TapTxFrames.Add(uint64(sent))
+}
+
+// payloadLen is the UDP payload length of a frame built by toTap.
+func payloadLen(f []byte) int {
+	if f[12] == 0x08 && f[13] == 0x00 {
+		return len(f) - packet.EthLen - packet.IPv4Len - packet.UDPLen
+	}
+	return len(f) - packet.EthLen - packet.IPv6Len - packet.UDPLen
 }

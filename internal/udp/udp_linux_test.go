@@ -322,3 +322,62 @@ func TestAddRemoveForward(t *testing.T) {
 		t.Fatalf("reply after RemoveForward: %q %v", buf[:n], err)
 	}
 }
+
+// batchTap records the batches the engine hands over.
+type batchTap struct {
+	fakeTap
+	batches chan int
+}
+
+func (b *batchTap) WriteFrames(frames [][]byte) (int, error) {
+	for _, f := range frames {
+		b.frames <- bytes.Clone(f)
+	}
+	b.batches <- len(frames)
+	return len(frames), nil
+}
+
+// TestBatchWrite checks that datagrams received together reach a batch
+// endpoint in one call.
+func TestBatchWrite(t *testing.T) {
+	tap := &batchTap{fakeTap: fakeTap{frames: make(chan []byte, 64)}, batches: make(chan int, 8)}
+	g := fwd.NewGuest(guest4, guest6)
+	g.SeeMAC(packet.MAC(guestMAC))
+	lo := netip.MustParseAddr("127.0.0.1")
+	port := freePort(t)
+	e, err := New(Config{
+		Rules: &fwd.Rules{MapHostLoopback4: gw4, IPv4: true, IPv6: true},
+		Guest: g, OurMAC: ourMAC, Tap: tap, Stats: &stats.Counters{},
+		Forwards: []Forward{{Addr: lo, Port: port, ToPort: 9053}},
+		Timeout:  time.Minute, StreamTimeout: time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Ten datagrams wait in the socket before the loop starts.
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(lo, port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 10; i++ {
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error)
+	go func() { done <- e.Run() }()
+	defer func() { e.Close(); <-done }()
+	select {
+	case n := <-tap.batches:
+		if n != 10 {
+			t.Fatalf("first batch of %d frames, want 10", n)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("no batch written")
+	}
+	cport := uint16(c.LocalAddr().(*net.UDPAddr).Port)
+	for i := 0; i < 10; i++ {
+		checkFrame(t, recvFrame(t, &tap.fakeTap), netip.AddrPortFrom(gw4, cport), netip.AddrPortFrom(guest4, 9053), []byte{byte(i)})
+	}
+}

@@ -16,7 +16,9 @@ import (
 // Build assembles the data path for endpoint ep from the guest's network
 // configuration n and the options: the guest state, the L2 responder, the
 // DHCP and DHCPv6 servers and the UDP engine with its listening sockets.
-func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters) (*Engine, error) {
+// nsSocket creates sockets in pasta's namespace, for the splice path; nil
+// (passt, or --no-splice) leaves the splice path out.
+func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters, nsSocket udp.SocketFunc) (*Engine, error) {
 	var a4, a6 netip.Addr
 	if n.IPv4 {
 		a4 = n.Addr4.Addr()
@@ -61,13 +63,19 @@ func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters)
 			DNSMatch4: n.DNSMatch4, DNSMatch6: n.DNSMatch6, DNSHost4: n.DNSHost4, DNSHost6: n.DNSHost6,
 			HostAddrs: n.HostAddrs, Outbound4: cfg.Outbound4, Outbound6: cfg.Outbound6,
 			OutboundIf4: cfg.OutboundIf4, OutboundIf6: cfg.OutboundIf6, IPv4: n.IPv4, IPv6: n.IPv6,
+			Splice: nsSocket != nil, HostLoToNSLo: cfg.HostLoToNSLo,
+		}
+		forwards := n.Forwards
+		if nsSocket != nil {
+			forwards = append(forwards[:len(forwards):len(forwards)], n.NSForwards...)
 		}
 		if n.MapHostLoopback6.IsValid() {
 			rules.RouterLL6 = e.L2.LinkLocal()
 		}
 		var err error
 		e.UDP, err = udp.New(udp.Config{Rules: rules, Guest: guest, OurMAC: n.OurMAC, Tap: ep, Stats: st,
-			Forwards: n.Forwards, Timeout: n.Timeout, StreamTimeout: n.StreamTimeout, MaxFlows: cfg.MaxFlows})
+			Forwards: forwards, Timeout: n.Timeout, StreamTimeout: n.StreamTimeout, MaxFlows: cfg.MaxFlows,
+			NSSocket: nsSocket})
 		if err != nil {
 			return nil, err
 		}

@@ -64,6 +64,11 @@ type Rules struct {
 	OutboundIf4, OutboundIf6 string
 	// IPv4 and IPv6 say which families are enabled.
 	IPv4, IPv6 bool
+	// Splice sends datagrams from the host's loopback to forwarded ports
+	// socket to socket into the namespace (pasta, unless --no-splice):
+	// to the namespace's own address, or to its loopback with
+	// HostLoToNSLo (--host-lo-to-ns-lo).
+	Splice, HostLoToNSLo bool
 }
 
 var (
@@ -160,26 +165,38 @@ func (r *Rules) OutboundIf(dst netip.Addr) string {
 	return r.OutboundIf6
 }
 
-// FromHost computes the guest side of a flow initiated by a datagram that a
-// listening socket received: ini.EAddr:EPort is the sender, ini.FPort the
-// port it was sent to, guestPort the port it is forwarded to. The guest's
-// address comes from g.
-func (r *Rules) FromHost(ini flow.Side, guestPort uint16, g *Guest) (flow.Side, Verdict) {
+// FromHost computes the target side of a flow initiated by a datagram
+// that a listening socket received: ini.EAddr:EPort is the sender, ini.FPort
+// the port it was sent to, guestPort the port it is forwarded to. The
+// target is the tap (the guest's address comes from g) or, for a sender on
+// the host's loopback with Splice, a socket in the namespace.
+func (r *Rules) FromHost(ini flow.Side, guestPort uint16, g *Guest) (flow.PIF, flow.Side, Verdict) {
 	if !unicast(ini.EAddr) || ini.EPort == 0 {
-		return flow.Side{}, BadSource
+		return flow.PIFNone, flow.Side{}, BadSource
 	}
 	if !r.familyOn(ini.EAddr) {
-		return flow.Side{}, FamilyOff
+		return flow.PIFNone, flow.Side{}, FamilyOff
 	}
-	tgt := flow.Side{EPort: guestPort, FPort: ini.EPort, FAddr: ini.EAddr}
 	v4 := ini.EAddr.Is4()
+	tgt := flow.Side{EPort: guestPort, FPort: ini.EPort, FAddr: ini.EAddr}
 	if v4 {
 		tgt.EAddr = g.Addr4()
 	} else {
 		tgt.EAddr = g.Addr6()
 	}
+	if r.Splice && ini.EAddr.IsLoopback() {
+		// The namespace sees the same loopback source; it is reached
+		// at its own address, or at its loopback.
+		if r.HostLoToNSLo || !tgt.EAddr.IsValid() {
+			tgt.EAddr = loop6
+			if v4 {
+				tgt.EAddr = loop4
+			}
+		}
+		return flow.PIFSplice, tgt, OK
+	}
 	if !tgt.EAddr.IsValid() {
-		return flow.Side{}, FamilyOff
+		return flow.PIFNone, flow.Side{}, FamilyOff
 	}
 	mapHost, mapGuest, guestAddr := r.MapHostLoopback6, r.MapGuestAddr6, r.GuestAddr6
 	if v4 {
@@ -190,11 +207,29 @@ func (r *Rules) FromHost(ini flow.Side, guestPort uint16, g *Guest) (flow.Side, 
 		tgt.FAddr = mapGuest
 	case src.IsLoopback() || r.isHostAddr(src):
 		if !mapHost.IsValid() {
-			return flow.Side{}, Unmappable
+			return flow.PIFNone, flow.Side{}, Unmappable
 		}
 		tgt.FAddr = mapHost
 	}
-	return tgt, OK
+	return flow.PIFTap, tgt, OK
+}
+
+// FromSplice computes the host side of a flow initiated by a datagram that
+// a listening socket in the namespace (-U) received from ini.EAddr:EPort:
+// it goes to the host's loopback address the datagram was sent to, on
+// hostPort, from the same loopback source address and port.
+func (r *Rules) FromSplice(ini flow.Side, hostPort uint16) (flow.Side, Verdict) {
+	if !ini.EAddr.IsLoopback() || ini.EPort == 0 {
+		return flow.Side{}, BadSource
+	}
+	dst := ini.FAddr
+	if !dst.IsLoopback() {
+		dst = loop6
+		if ini.EAddr.Is4() {
+			dst = loop4
+		}
+	}
+	return flow.Side{EAddr: dst, EPort: hostPort, FAddr: ini.EAddr, FPort: ini.EPort}, OK
 }
 
 func (r *Rules) isHostAddr(a netip.Addr) bool {

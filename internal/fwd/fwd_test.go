@@ -113,9 +113,9 @@ func TestFromHost(t *testing.T) {
 		if c.r != nil {
 			c.r(r)
 		}
-		got, v := r.FromHost(c.ini, 10002, g)
-		if v != c.v || got != c.want {
-			t.Errorf("%s: got %v %v, want %v %v", c.name, got, v, c.want, c.v)
+		pif, got, v := r.FromHost(c.ini, 10002, g)
+		if v != c.v || got != c.want || v == OK && pif != flow.PIFTap {
+			t.Errorf("%s: got %v %v %v, want %v %v", c.name, pif, got, v, c.want, c.v)
 		}
 	}
 }
@@ -136,5 +136,34 @@ func TestGuestLearning(t *testing.T) {
 	g.SeeAddr(a("192.0.2.9"))
 	if g.Addr6() != a("2001:db8::5") || g.Addr4() != a("192.0.2.9") {
 		t.Fatalf("addrs %v %v", g.Addr4(), g.Addr6())
+	}
+}
+
+func TestSplice(t *testing.T) {
+	g := NewGuest(a("192.0.2.2"), a("2001:db8::2"))
+	r := rules()
+	r.Splice = true
+	ini := flow.Side{EAddr: a("127.0.0.1"), EPort: 5555, FAddr: a("0.0.0.0"), FPort: 10001}
+	pif, tgt, v := r.FromHost(ini, 10002, g)
+	want := flow.Side{EAddr: a("192.0.2.2"), EPort: 10002, FAddr: a("127.0.0.1"), FPort: 5555}
+	if pif != flow.PIFSplice || tgt != want || v != OK {
+		t.Errorf("splice to the namespace's address: %v %v %v", pif, tgt, v)
+	}
+	r.HostLoToNSLo = true
+	ini6 := flow.Side{EAddr: a("::1"), EPort: 5555, FAddr: a("::"), FPort: 10001}
+	pif, tgt, _ = r.FromHost(ini6, 10002, g)
+	if pif != flow.PIFSplice || tgt != (flow.Side{EAddr: a("::1"), EPort: 10002, FAddr: a("::1"), FPort: 5555}) {
+		t.Errorf("splice to the namespace's loopback: %v %v", pif, tgt)
+	}
+	// Non-loopback senders still go through the tap.
+	if pif, _, _ := r.FromHost(flow.Side{EAddr: a("198.51.100.1"), EPort: 1, FPort: 10001}, 10002, g); pif != flow.PIFTap {
+		t.Errorf("remote sender spliced")
+	}
+	got, v := r.FromSplice(flow.Side{EAddr: a("127.0.0.1"), EPort: 4000, FAddr: a("127.0.0.1"), FPort: 6000}, 6001)
+	if v != OK || got != (flow.Side{EAddr: a("127.0.0.1"), EPort: 6001, FAddr: a("127.0.0.1"), FPort: 4000}) {
+		t.Errorf("FromSplice: %v %v", got, v)
+	}
+	if _, v := r.FromSplice(flow.Side{EAddr: a("192.0.2.2"), EPort: 4000, FAddr: a("127.0.0.1"), FPort: 6000}, 6001); v == OK {
+		t.Error("non-loopback splice source accepted")
 	}
 }

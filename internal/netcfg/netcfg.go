@@ -68,8 +68,9 @@ type Net struct {
 	// advertised as), DNSHost4 and DNSHost6 where they go.
 	DNSMatch4, DNSMatch6 netip.Addr
 	DNSHost4, DNSHost6   netip.Addr
-	// Forwards are the -u listening sockets.
-	Forwards []udp.Forward
+	// Forwards are the -u listening sockets, NSForwards the -U ones (in
+	// the namespace, on its loopback).
+	Forwards, NSForwards []udp.Forward
 	// Timeout and StreamTimeout expire UDP flows.
 	Timeout, StreamTimeout time.Duration
 }
@@ -118,6 +119,7 @@ func Derive(cfg *conf.Config) (*Net, error) {
 		n.Timeout, n.StreamTimeout = cfg.UDPTimeout, cfg.UDPTimeout
 	}
 	n.Forwards = ExpandForwards(cfg.UDPFwd, n.IPv4, n.IPv6)
+	n.NSForwards = ExpandNSForwards(cfg.UDPNSFwd, n.IPv4, n.IPv6)
 	n.mappings(cfg)
 	n.dns(cfg)
 	return n, nil
@@ -260,6 +262,27 @@ func ExpandForwards(f conf.Forward, v4, v6 bool) []udp.Forward {
 				if v6 {
 					out = append(out, udp.Forward{Addr: netip.IPv6Unspecified(), Ifname: r.Ifname, Port: uint16(p), ToPort: to})
 				}
+			}
+		}
+	}
+	return out
+}
+
+// ExpandNSForwards turns the fixed -U rules into listening sockets on the
+// namespace's loopback, one per port and address family.
+func ExpandNSForwards(f conf.Forward, v4, v6 bool) []udp.Forward {
+	if f.Mode != conf.FwdSpec && f.Mode != conf.FwdAuto {
+		return nil
+	}
+	var out []udp.Forward
+	for _, r := range f.Rules {
+		for p := uint32(r.First); p <= uint32(r.Last); p++ {
+			to := uint16(uint32(r.ToFirst) + p - uint32(r.First))
+			if v4 {
+				out = append(out, udp.Forward{Addr: netip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: uint16(p), ToPort: to, Splice: true})
+			}
+			if v6 {
+				out = append(out, udp.Forward{Addr: netip.IPv6Loopback(), Port: uint16(p), ToPort: to, Splice: true})
 			}
 		}
 	}

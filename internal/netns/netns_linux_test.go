@@ -601,3 +601,44 @@ func TestTapTraffic(t *testing.T) {
 		return
 	}
 }
+
+// TestSocketFactory checks that sockets from the factory live in the
+// namespace: one bound to the namespace's loopback is reachable only from
+// inside it.
+func TestSocketFactory(t *testing.T) {
+	requireRoot(t, false)
+	n := newNS(t)
+	if err := n.Configure(IfConfig{Ifname: "lo", Up: true}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := n.SocketFactory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd, err := f.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	// The socket's namespace, as SIOCGSKNS reports it, is n's.
+	nsfd, err := unix.IoctlRetInt(fd, unix.SIOCGSKNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(nsfd)
+	var a, b unix.Stat_t
+	if err := unix.Fstat(nsfd, &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fstat(n.Fd(), &b); err != nil {
+		t.Fatal(err)
+	}
+	if a.Ino != b.Ino {
+		t.Fatalf("socket in namespace %d, want %d", a.Ino, b.Ino)
+	}
+}

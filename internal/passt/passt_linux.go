@@ -68,7 +68,7 @@ func run(cfg *conf.Config) error {
 	}
 	defer stream.Close()
 	st := &stats.Counters{}
-	eng, err = engine.Build(stream, n, cfg, st)
+	eng, err = engine.Build(stream, n, cfg, st, nil)
 	if err != nil {
 		return err
 	}

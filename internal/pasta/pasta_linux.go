@@ -44,6 +44,7 @@ import (
 	"github.com/gopasst/gopasst/internal/netns"
 	"github.com/gopasst/gopasst/internal/stats"
 	"github.com/gopasst/gopasst/internal/tap"
+	"github.com/gopasst/gopasst/internal/udp"
 )
 
 // Run runs pasta mode with cfg and returns the process exit status.
@@ -116,9 +117,6 @@ func run(cfg *conf.Config) (int, error) {
 	if err := cfg.ApplyForwardDefaults(eph); err != nil {
 		return 1, err
 	}
-	if cfg.UDPNSFwd.Mode == conf.FwdSpec || cfg.UDPNSFwd.Mode == conf.FwdAuto && len(cfg.UDPNSFwd.Rules) > 0 {
-		log.Warnf("-U: forwarding from the namespace to the host's loopback (splice) is not implemented yet")
-	}
 	n, err := netcfg.Derive(cfg)
 	if err != nil {
 		return 1, err
@@ -156,7 +154,16 @@ func run(cfg *conf.Config) (int, error) {
 		return 1, err
 	}
 	st := &stats.Counters{}
-	eng, err := engine.Build(dev, n, cfg, st)
+	var nsSocket udp.SocketFunc
+	if !cfg.NoSplice {
+		factory, err := ns.SocketFactory()
+		if err != nil {
+			return 1, fmt.Errorf("namespace sockets: %w", err)
+		}
+		defer factory.Close()
+		nsSocket = factory.Socket
+	}
+	eng, err := engine.Build(dev, n, cfg, st, nsSocket)
 	if err != nil {
 		return 1, err
 	}

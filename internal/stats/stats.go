@@ -43,16 +43,18 @@ func (r Reason) String() string {
 
 // Counters are the process-wide counters.
 type Counters struct {
-	TapRxFrames    atomic.Uint64 // frames read from the tap
-	TapTxFrames    atomic.Uint64 // frames written to the tap
-	UDPToHost      atomic.Uint64 // datagrams from the guest sent to host sockets
-	UDPToHostBytes atomic.Uint64 // their payload bytes
-	UDPToTap       atomic.Uint64 // datagrams from host sockets written to the tap
-	UDPToTapBytes  atomic.Uint64 // their payload bytes
-	L2Replies      atomic.Uint64 // ARP and NDP replies sent
-	FlowsCreated   atomic.Uint64 // UDP flows created
-	FlowsExpired   atomic.Uint64 // UDP flows expired
-	ActiveFlows    atomic.Int64  // UDP flows alive now
+	TapRxFrames     atomic.Uint64 // frames read from the tap
+	TapTxFrames     atomic.Uint64 // frames written to the tap
+	UDPToHost       atomic.Uint64 // datagrams from the guest sent to host sockets
+	UDPToHostBytes  atomic.Uint64 // their payload bytes
+	UDPToTap        atomic.Uint64 // datagrams from host sockets written to the tap
+	UDPToTapBytes   atomic.Uint64 // their payload bytes
+	UDPSpliced      atomic.Uint64 // datagrams moved socket to socket (splice, replies to listeners)
+	UDPSplicedBytes atomic.Uint64 // their payload bytes
+	L2Replies       atomic.Uint64 // ARP and NDP replies sent
+	FlowsCreated    atomic.Uint64 // UDP flows created
+	FlowsExpired    atomic.Uint64 // UDP flows expired
+	ActiveFlows     atomic.Int64  // UDP flows alive now
 
 	Drops     [NumReasons]atomic.Uint64
 	Malformed [packet.NumDrops]atomic.Uint64
@@ -77,6 +79,8 @@ func (c *Counters) String() string {
 	line("udp bytes to host", c.UDPToHostBytes.Load())
 	line("udp datagrams to tap", c.UDPToTap.Load())
 	line("udp bytes to tap", c.UDPToTapBytes.Load())
+	line("udp datagrams socket to socket", c.UDPSpliced.Load())
+	line("udp bytes socket to socket", c.UDPSplicedBytes.Load())
 	line("l2 replies", c.L2Replies.Load())
 	line("udp flows created", c.FlowsCreated.Load())
 	line("udp flows expired", c.FlowsExpired.Load())

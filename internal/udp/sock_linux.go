@@ -68,14 +68,18 @@ func sendmmsg(fd int, msgs []unix.Mmsghdr) (int, error) {
 // few dozen of the largest datagrams.
 const sockBufSize = 4 << 20
 
-// newSocket opens a non-blocking UDP socket for addr's family, with
-// SO_REUSEADDR, large buffers and, for IPv6, IPV6_V6ONLY.
-func newSocket(addr netip.Addr, ifname string) (int, error) {
+// SocketFunc is socket(2): unix.Socket for the host, a namespace's
+// factory for sockets that must live in the namespace.
+type SocketFunc func(domain, typ, proto int) (int, error)
+
+// newSocket opens, with mk, a non-blocking UDP socket for addr's family,
+// with SO_REUSEADDR, large buffers and, for IPv6, IPV6_V6ONLY.
+func newSocket(mk SocketFunc, addr netip.Addr, ifname string) (int, error) {
 	family := unix.AF_INET6
 	if addr.Is4() {
 		family = unix.AF_INET
 	}
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	fd, err := mk(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return -1, err
 	}
@@ -98,8 +102,8 @@ func newSocket(addr netip.Addr, ifname string) (int, error) {
 }
 
 // listenSocket opens a socket bound to addr:port.
-func listenSocket(addr netip.Addr, port uint16, ifname string) (int, error) {
-	fd, err := newSocket(addr, ifname)
+func listenSocket(mk SocketFunc, addr netip.Addr, port uint16, ifname string) (int, error) {
+	fd, err := newSocket(mk, addr, ifname)
 	if err != nil {
 		return -1, err
 	}
@@ -113,8 +117,8 @@ func listenSocket(addr netip.Addr, port uint16, ifname string) (int, error) {
 // replySocket opens a socket bound to local (its port kept if free, an
 // ephemeral one otherwise), and to device ifname if not empty, and
 // connected to remote. It returns the port it got.
-func replySocket(local, remote netip.AddrPort, ifname string) (int, uint16, error) {
-	fd, err := newSocket(remote.Addr(), ifname)
+func replySocket(mk SocketFunc, local, remote netip.AddrPort, ifname string) (int, uint16, error) {
+	fd, err := newSocket(mk, remote.Addr(), ifname)
 	if err != nil {
 		return -1, 0, err
 	}

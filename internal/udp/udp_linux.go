@@ -37,6 +37,9 @@ type Forward struct {
 	Ifname string
 	Port   uint16
 	ToPort uint16
+	// Splice marks a listening socket in the namespace (-U), whose
+	// datagrams go to the host's loopback.
+	Splice bool
 }
 
 // Config is what an Engine needs.
@@ -52,6 +55,9 @@ type Config struct {
 	Timeout, StreamTimeout time.Duration
 	// MaxFlows bounds the flow table.
 	MaxFlows int
+	// NSSocket creates sockets in the namespace (pasta); nil disables
+	// the splice path.
+	NSSocket SocketFunc
 }
 
 // Batch is the most datagrams moved by one recvmmsg or sendmmsg.
@@ -78,6 +84,7 @@ type listener struct {
 	ifname string
 	port   uint16
 	to     uint16
+	pif    flow.PIF // where the socket lives: the host, or the namespace (splice)
 }
 
 // lstReq asks the socket loop to open (add) or close a listening socket.
@@ -94,9 +101,32 @@ type rxBatch struct {
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet6
 	msgs  []unix.Mmsghdr
-	to    []flow.Side
-	ok    []bool
+	dst   []dest
 	out   [][]byte // frames built from this batch, to be written
+}
+
+// Where a received datagram goes (dest.kind).
+const (
+	toNothing = iota // dropped
+	toTap            // a frame to the guest, from side
+	toSocket         // a flow's socket (splice, or back to a sender on a listener)
+)
+
+// dest is where one received datagram goes.
+type dest struct {
+	kind      uint8
+	connected bool
+	flow      int32
+	fd        int
+	side      flow.Side // the side the datagram goes to
+}
+
+// sxBatch holds the message headers for sending received payloads on to
+// another socket.
+type sxBatch struct {
+	iovs []unix.Iovec
+	name unix.RawSockaddrInet6
+	msgs []unix.Mmsghdr
 }
 
 // txBatch holds the message headers of the tap path; iovecs point into
@@ -119,6 +149,7 @@ type Engine struct {
 	lst   []listener
 	rx    rxBatch
 	tx    txBatch
+	sx    sxBatch
 	clock func() int64
 
 	// Listening sockets are opened and closed by the socket loop only,
@@ -158,6 +189,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e.rx = newRxBatch()
 	e.tx = txBatch{iovs: make([]unix.Iovec, Batch), msgs: make([]unix.Mmsghdr, Batch)}
+	e.sx = sxBatch{iovs: make([]unix.Iovec, Batch), msgs: make([]unix.Mmsghdr, Batch)}
 	return e, nil
 }
 
@@ -167,8 +199,7 @@ func newRxBatch() rxBatch {
 		iovs:  make([]unix.Iovec, Batch),
 		names: make([]unix.RawSockaddrInet6, Batch),
 		msgs:  make([]unix.Mmsghdr, Batch),
-		to:    make([]flow.Side, Batch),
-		ok:    make([]bool, Batch),
+		dst:   make([]dest, Batch),
 		out:   make([][]byte, 0, Batch),
 	}
 	for i := range b.bufs {
@@ -189,9 +220,16 @@ var epoch = time.Now()
 // openListener opens the listening socket of f. Called before Run or
 // from the socket loop.
 func (e *Engine) openListener(f Forward) error {
-	fd, err := listenSocket(f.Addr, f.Port, f.Ifname)
+	mk, pif, where := SocketFunc(unix.Socket), flow.PIFHost, ""
+	if f.Splice {
+		if e.cfg.NSSocket == nil {
+			return fmt.Errorf("UDP port %d: no namespace to listen in", f.Port)
+		}
+		mk, pif, where = e.cfg.NSSocket, flow.PIFSplice, " in the namespace"
+	}
+	fd, err := listenSocket(mk, f.Addr, f.Port, f.Ifname)
 	if err != nil {
-		return fmt.Errorf("UDP port %s: %w", netip.AddrPortFrom(f.Addr, f.Port), err)
+		return fmt.Errorf("UDP port %s%s: %w", netip.AddrPortFrom(f.Addr, f.Port), where, err)
 	}
 	idx := int32(len(e.lst))
 	for i := range e.lst {
@@ -200,7 +238,7 @@ func (e *Engine) openListener(f Forward) error {
 			break
 		}
 	}
-	l := listener{fd: fd, addr: f.Addr, ifname: f.Ifname, port: f.Port, to: f.ToPort}
+	l := listener{fd: fd, addr: f.Addr, ifname: f.Ifname, port: f.Port, to: f.ToPort, pif: pif}
 	if int(idx) == len(e.lst) {
 		e.lst = append(e.lst, l)
 	} else {
@@ -220,7 +258,7 @@ func (e *Engine) openListener(f Forward) error {
 func (e *Engine) closeListener(f Forward) error {
 	for i := range e.lst {
 		l := &e.lst[i]
-		if l.fd >= 0 && l.addr == f.Addr && l.port == f.Port && l.ifname == f.Ifname {
+		if l.fd >= 0 && l.addr == f.Addr && l.port == f.Port && l.ifname == f.Ifname && (l.pif == flow.PIFSplice) == f.Splice {
 			_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, l.fd, nil)
 			unix.Close(l.fd)
 			l.fd = -1
@@ -438,7 +476,7 @@ func (e *Engine) newFromTap(ini flow.Side, now int64) flow.Ref {
 		log.Debugf("UDP: flow table full, dropping %s", ini)
 		return flow.NoRef
 	}
-	fd, port, err := replySocket(netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort),
+	fd, port, err := replySocket(unix.Socket, netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort),
 		e.cfg.Rules.OutboundIf(tgt.EAddr))
 	if err != nil {
 		e.tab.Free(idx)
@@ -469,9 +507,20 @@ func (e *Engine) newFromTap(ini flow.Side, now int64) flow.Ref {
 // src. Called with mu held.
 func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Ref {
 	ini := flow.Side{EAddr: src.Addr(), EPort: src.Port(), FAddr: l.addr, FPort: l.port}
-	tgt, v := e.cfg.Rules.FromHost(ini, l.to, e.cfg.Guest)
+	var tgtPIF flow.PIF
+	var tgt flow.Side
+	var v fwd.Verdict
+	if l.pif == flow.PIFSplice {
+		tgtPIF = flow.PIFHost
+		tgt, v = e.cfg.Rules.FromSplice(ini, l.to)
+	} else {
+		tgtPIF, tgt, v = e.cfg.Rules.FromHost(ini, l.to, e.cfg.Guest)
+		if tgtPIF == flow.PIFSplice && e.cfg.NSSocket == nil {
+			v = fwd.BadDest
+		}
+	}
 	if v != fwd.OK {
-		e.refuse(v, "from host", ini)
+		e.refuse(v, "from "+l.pif.String(), ini)
 		return flow.NoRef
 	}
 	idx, f, err := e.tab.Alloc()
@@ -479,6 +528,9 @@ func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Re
 		e.st.Drop(stats.DropTableFull)
 		return flow.NoRef
 	}
+	f.PIF = [2]flow.PIF{l.pif, tgtPIF}
+	f.Side = [2]flow.Side{ini, tgt}
+	f.LastSeen = now
 	dup, err := unix.FcntlInt(uintptr(l.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		e.tab.Free(idx)
@@ -486,11 +538,34 @@ func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Re
 		log.Debugf("UDP: cannot duplicate listening socket: %v", err)
 		return flow.NoRef
 	}
-	f.PIF = [2]flow.PIF{flow.PIFHost, flow.PIFTap}
-	f.Side = [2]flow.Side{ini, tgt}
 	f.Sock[flow.Ini] = dup
-	f.LastSeen = now
-	for _, side := range []uint8{flow.Ini, flow.Tgt} {
+	sides := []uint8{flow.Ini, flow.Tgt}
+	if tgtPIF != flow.PIFTap {
+		// The target is a socket of its own, bound to the sender's
+		// address and port where free and connected: its replies need
+		// no lookup.
+		mk := SocketFunc(unix.Socket)
+		if tgtPIF == flow.PIFSplice {
+			mk = e.cfg.NSSocket
+		}
+		fd, port, err := replySocket(mk, netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort), "")
+		if err != nil {
+			e.closeFlow(idx, f)
+			e.st.Drop(stats.DropSockErr)
+			log.Debugf("UDP: no %s socket for flow %s: %v", tgtPIF, ini, err)
+			return flow.NoRef
+		}
+		f.Side[flow.Tgt].FPort = port
+		f.Sock[flow.Tgt], f.Connected[flow.Tgt] = fd, true
+		ev := evData(kindReply, flow.Tgt, idx, f.Gen)
+		if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			e.closeFlow(idx, f)
+			e.st.Drop(stats.DropSockErr)
+			return flow.NoRef
+		}
+		sides = sides[:1]
+	}
+	for _, side := range sides {
 		if err := e.tab.Insert(flow.Ref{Index: idx, Side: side}); err != nil {
 			log.Debugf("UDP: %s: %v", f, err)
 			e.closeFlow(idx, f)
@@ -595,32 +670,98 @@ func (e *Engine) fromListener(l *listener) {
 	e.mu.Lock()
 	for i := 0; i < n; i++ {
 		src := getSockaddr(&e.rx.names[i])
-		key := flow.Key{PIF: flow.PIFHost, EAddr: src.Addr(), EPort: src.Port(), FAddr: l.addr, FPort: l.port}
+		key := flow.Key{PIF: l.pif, EAddr: src.Addr(), EPort: src.Port(), FAddr: l.addr, FPort: l.port}
 		ref, ok := e.tab.Lookup(key)
 		if !ok {
 			ref = e.newFromHost(l, src, now)
 		}
-		e.rx.ok[i] = false
+		e.rx.dst[i] = dest{}
 		if !ref.Valid() {
 			continue
 		}
 		f := e.tab.At(ref.Index)
 		f.LastSeen = now
 		f.Seen[ref.Side] = true
-		if to := ref.Side ^ 1; f.PIF[to] == flow.PIFTap {
-			e.rx.to[i], e.rx.ok[i] = f.Side[to], true
-		} else {
-			e.st.Drop(stats.DropNoFlow)
-		}
+		e.rx.dst[i] = destOf(f, ref.Index, ref.Side^1)
 	}
 	e.mu.Unlock()
+	e.forward(n)
+}
+
+// destOf says how to reach side `to` of flow f (index idx).
+func destOf(f *flow.Flow, idx int32, to uint8) dest {
+	d := dest{flow: idx, side: f.Side[to], fd: f.Sock[to], connected: f.Connected[to]}
+	switch {
+	case f.PIF[to] == flow.PIFTap:
+		d.kind = toTap
+	case d.fd >= 0:
+		d.kind = toSocket
+	}
+	return d
+}
+
+// forward sends the n datagrams in the rx buffers where rx.dst says:
+// frames to the guest (in one batch), runs of datagrams of one flow to its
+// socket (in one sendmmsg).
+func (e *Engine) forward(n int) {
 	mac := e.cfg.Guest.MAC()
-	for i := 0; i < n; i++ {
-		if e.rx.ok[i] {
-			e.toTap(i, int(e.rx.msgs[i].Len), &e.rx.to[i], mac)
+	for i := 0; i < n; {
+		d := &e.rx.dst[i]
+		switch d.kind {
+		case toTap:
+			e.toTap(i, int(e.rx.msgs[i].Len), &d.side, mac)
+			i++
+		case toSocket:
+			j := i + 1
+			for j < n && e.rx.dst[j].kind == toSocket && e.rx.dst[j].flow == d.flow {
+				j++
+			}
+			e.toSocket(i, j, d)
+			i = j
+		default:
+			e.st.Drop(stats.DropNoFlow)
+			i++
 		}
 	}
 	e.flush()
+}
+
+// toSocket sends the payloads in rx buffers i to j-1 through d's socket.
+func (e *Engine) toSocket(i, j int, d *dest) {
+	var name *byte
+	var namelen uint32
+	if !d.connected {
+		namelen = putSockaddr(&e.sx.name, netip.AddrPortFrom(d.side.EAddr, d.side.EPort))
+		name = (*byte)(unsafe.Pointer(&e.sx.name))
+	}
+	var bytes uint64
+	for k := i; k < j; k++ {
+		m := &e.sx.msgs[k-i].Hdr
+		l := int(e.rx.msgs[k].Len)
+		e.sx.iovs[k-i].Base = &e.rx.bufs[k][packet.MaxHeadroom]
+		e.sx.iovs[k-i].SetLen(l)
+		m.Iov, m.Iovlen = &e.sx.iovs[k-i], 1
+		m.Name, m.Namelen = name, namelen
+		bytes += uint64(l)
+	}
+	msgs := e.sx.msgs[:j-i]
+	sent := 0
+	for len(msgs) > 0 {
+		n, err := sendmmsg(d.fd, msgs)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			e.st.Drop(stats.DropSockErr)
+			bytes -= uint64(e.sx.iovs[j-i-len(msgs)].Len)
+			n = 1
+		} else {
+			sent += n
+		}
+		msgs = msgs[n:]
+	}
+	e.st.UDPSpliced.Add(uint64(sent))
+	e.st.UDPSplicedBytes.Add(bytes)
 }
 
 // fromReply forwards what the reply socket of side `side` of flow idx
@@ -633,8 +774,6 @@ func (e *Engine) fromReply(idx int32, side uint8, gen uint32, events uint32) {
 		return
 	}
 	fd := f.Sock[side]
-	to := f.Side[side^1]
-	topif := f.PIF[side^1]
 	e.mu.Unlock()
 
 	n := e.receive(fd)
@@ -650,15 +789,11 @@ func (e *Engine) fromReply(idx int32, side uint8, gen uint32, events uint32) {
 	f.LastSeen = now
 	f.Seen[side] = true
 	e.mu.Unlock()
-	if topif != flow.PIFTap {
-		e.st.Drops[stats.DropNoFlow].Add(uint64(n))
-		return
-	}
-	mac := e.cfg.Guest.MAC()
+	d := destOf(f, idx, side^1)
 	for i := 0; i < n; i++ {
-		e.toTap(i, int(e.rx.msgs[i].Len), &to, mac)
+		e.rx.dst[i] = d
 	}
-	e.flush()
+	e.forward(n)
 }
 
 // toTap builds headers in front of the payload in rx buffer i and queues

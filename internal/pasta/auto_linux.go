@@ -15,28 +15,42 @@ import (
 // reference does.
 const autoInterval = time.Second
 
-// autoForward keeps host listening sockets open for the -u auto ports
-// that are bound in the namespace, until stop is closed. Like the
-// reference, the namespace's TCP listeners count too (iperf3 and friends
-// announce UDP ports that way).
-func autoForward(ns *netns.NS, eng *udp.Engine, f *conf.Forward, v4, v6 bool, stop <-chan struct{}) {
+// autoForward keeps listening sockets open for the "auto" ports of f
+// until stop is closed: for -u (splice false), host sockets for the ports
+// bound in the namespace; for -U (splice true), sockets on the
+// namespace's loopback for the ports bound on the host. Like the
+// reference, TCP listeners count too (iperf3 and friends announce UDP
+// ports that way). gopasst's own sockets never count, so a port forwarded
+// one way is not forwarded back.
+func autoForward(ns *netns.NS, eng *udp.Engine, f *conf.Forward, splice, v4, v6 bool, stop <-chan struct{}) {
 	rules := autoscan.RulesFor(f)
 	if len(rules) == 0 {
 		return
 	}
 	var tables *autoscan.Tables
-	err := ns.Do(func() error {
-		var err error
-		// Opened from a thread inside the namespace, the files keep
-		// showing it when read from anywhere.
-		tables, err = autoscan.OpenTables("/proc/thread-self/net", true, true)
-		return err
-	})
+	var err error
+	if splice {
+		// The host's tables: the main thread never leaves the host's
+		// network namespace.
+		tables, err = autoscan.OpenTables("/proc/self/net", true, true)
+	} else {
+		err = ns.Do(func() error {
+			var err error
+			// Opened from a thread inside the namespace, the files
+			// keep showing it when read from anywhere.
+			tables, err = autoscan.OpenTables("/proc/thread-self/net", true, true)
+			return err
+		})
+	}
 	if err != nil {
 		log.Warnf("UDP auto forwarding disabled: %v", err)
 		return
 	}
 	defer tables.Close()
+	dir := "-u"
+	if splice {
+		dir = "-U"
+	}
 	sc := autoscan.NewScanner(rules, tables.Read)
 	failed := map[autoscan.Fwd]bool{}
 	tick := time.NewTicker(autoInterval)
@@ -47,15 +61,15 @@ func autoForward(ns *netns.NS, eng *udp.Engine, f *conf.Forward, v4, v6 bool, st
 			log.Debugf("UDP auto forwarding: %v", err)
 		}
 		for _, c := range closing {
-			for _, uf := range expand(c, v4, v6) {
+			for _, uf := range expand(c, splice, v4, v6) {
 				_ = eng.RemoveForward(uf)
 			}
 			delete(failed, c)
-			log.Debugf("UDP auto forwarding: closed port %d", c.Port)
+			log.Debugf("UDP auto forwarding (%s): closed port %d", dir, c.Port)
 		}
 		for _, o := range open {
 			ok := false
-			for _, uf := range expand(o, v4, v6) {
+			for _, uf := range expand(o, splice, v4, v6) {
 				if err := eng.AddForward(uf); err != nil {
 					if !failed[o] {
 						log.Debugf("UDP auto forwarding: %v", err)
@@ -72,7 +86,7 @@ func autoForward(ns *netns.NS, eng *udp.Engine, f *conf.Forward, v4, v6 bool, st
 				continue
 			}
 			delete(failed, o)
-			log.Debugf("UDP auto forwarding: opened port %d -> %d", o.Port, o.ToPort)
+			log.Debugf("UDP auto forwarding (%s): opened port %d -> %d", dir, o.Port, o.ToPort)
 		}
 		select {
 		case <-stop:
@@ -83,8 +97,18 @@ func autoForward(ns *netns.NS, eng *udp.Engine, f *conf.Forward, v4, v6 bool, st
 }
 
 // expand turns an auto forward into the engine's per-family listening
-// sockets.
-func expand(f autoscan.Fwd, v4, v6 bool) []udp.Forward {
+// sockets: for -U on the namespace's loopback.
+func expand(f autoscan.Fwd, splice, v4, v6 bool) []udp.Forward {
+	if splice {
+		var out []udp.Forward
+		if v4 {
+			out = append(out, udp.Forward{Addr: netip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: f.Port, ToPort: f.ToPort, Splice: true})
+		}
+		if v6 {
+			out = append(out, udp.Forward{Addr: netip.IPv6Loopback(), Port: f.Port, ToPort: f.ToPort, Splice: true})
+		}
+		return out
+	}
 	if f.Addr.IsValid() && !f.Addr.IsUnspecified() {
 		return []udp.Forward{{Addr: f.Addr.Unmap(), Ifname: f.Ifname, Port: f.Port, ToPort: f.ToPort}}
 	}

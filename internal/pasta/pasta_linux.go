@@ -31,6 +31,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -180,12 +181,12 @@ func run(cfg *conf.Config) (int, error) {
 	go func() { engErr <- eng.Run() }()
 	if eng.UDP != nil {
 		stopAuto := make(chan struct{})
-		autoDone := make(chan struct{})
-		go func() {
-			defer close(autoDone)
-			autoForward(ns, eng.UDP, &cfg.UDPFwd, n.IPv4, n.IPv6, stopAuto)
-		}()
-		defer func() { close(stopAuto); <-autoDone }()
+		var autoDone sync.WaitGroup
+		autoDone.Go(func() { autoForward(ns, eng.UDP, &cfg.UDPFwd, false, n.IPv4, n.IPv6, stopAuto) })
+		if nsSocket != nil {
+			autoDone.Go(func() { autoForward(ns, eng.UDP, &cfg.UDPNSFwd, true, n.IPv4, n.IPv6, stopAuto) })
+		}
+		defer func() { close(stopAuto); autoDone.Wait() }()
 	}
 	defer func() {
 		eng.Close()

@@ -242,35 +242,16 @@ func ReadResolvConf(r io.Reader) (servers []netip.Addr, search []string) {
 // ExpandForwards turns the fixed -u rules into one listening socket per
 // port and address family ("auto" ones are opened as ports get bound).
 func ExpandForwards(f conf.Forward, v4, v6 bool) []udp.Forward {
-	if f.Mode != conf.FwdSpec && f.Mode != conf.FwdAuto {
-		return nil
-	}
-	var out []udp.Forward
-	for _, r := range f.Rules {
-		for p := uint32(r.First); p <= uint32(r.Last); p++ {
-			to := uint16(uint32(r.ToFirst) + p - uint32(r.First))
-			switch {
-			case r.Addr.IsValid():
-				a := r.Addr.Unmap()
-				if a.Is4() && v4 || a.Is6() && v6 {
-					out = append(out, udp.Forward{Addr: a, Ifname: r.Ifname, Port: uint16(p), ToPort: to})
-				}
-			default:
-				if v4 {
-					out = append(out, udp.Forward{Addr: netip.IPv4Unspecified(), Ifname: r.Ifname, Port: uint16(p), ToPort: to})
-				}
-				if v6 {
-					out = append(out, udp.Forward{Addr: netip.IPv6Unspecified(), Ifname: r.Ifname, Port: uint16(p), ToPort: to})
-				}
-			}
-		}
-	}
-	return out
+	return expand(f, v4, v6, false)
 }
 
 // ExpandNSForwards turns the fixed -U rules into listening sockets on the
 // namespace's loopback, one per port and address family.
 func ExpandNSForwards(f conf.Forward, v4, v6 bool) []udp.Forward {
+	return expand(f, v4, v6, true)
+}
+
+func expand(f conf.Forward, v4, v6, splice bool) []udp.Forward {
 	if f.Mode != conf.FwdSpec && f.Mode != conf.FwdAuto {
 		return nil
 	}
@@ -278,13 +259,33 @@ func ExpandNSForwards(f conf.Forward, v4, v6 bool) []udp.Forward {
 	for _, r := range f.Rules {
 		for p := uint32(r.First); p <= uint32(r.Last); p++ {
 			to := uint16(uint32(r.ToFirst) + p - uint32(r.First))
-			if v4 {
-				out = append(out, udp.Forward{Addr: netip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: uint16(p), ToPort: to, Splice: true})
-			}
-			if v6 {
-				out = append(out, udp.Forward{Addr: netip.IPv6Loopback(), Port: uint16(p), ToPort: to, Splice: true})
-			}
+			out = append(out, Listeners(r.Addr, r.Ifname, uint16(p), to, v4, v6, splice)...)
 		}
+	}
+	return out
+}
+
+// Listeners are the listening sockets that forward port to guest port to:
+// one on addr if it is a specific address, otherwise one per enabled
+// family on the wildcard address, or, for the namespace side of the
+// splice path, on its loopback.
+func Listeners(addr netip.Addr, ifname string, port, to uint16, v4, v6, splice bool) []udp.Forward {
+	if addr.IsValid() && !addr.IsUnspecified() && !splice {
+		if a := addr.Unmap(); a.Is4() && v4 || a.Is6() && v6 {
+			return []udp.Forward{{Addr: a, Ifname: ifname, Port: port, ToPort: to}}
+		}
+		return nil
+	}
+	any4, any6 := netip.IPv4Unspecified(), netip.IPv6Unspecified()
+	if splice {
+		any4, any6, ifname = netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback(), ""
+	}
+	var out []udp.Forward
+	if v4 {
+		out = append(out, udp.Forward{Addr: any4, Ifname: ifname, Port: port, ToPort: to, Splice: splice})
+	}
+	if v6 {
+		out = append(out, udp.Forward{Addr: any6, Ifname: ifname, Port: port, ToPort: to, Splice: splice})
 	}
 	return out
 }

@@ -1,12 +1,12 @@
 package pasta
 
 import (
-	"net/netip"
 	"time"
 
 	"github.com/gopasst/gopasst/internal/autoscan"
 	"github.com/gopasst/gopasst/internal/conf"
 	"github.com/gopasst/gopasst/internal/log"
+	"github.com/gopasst/gopasst/internal/netcfg"
 	"github.com/gopasst/gopasst/internal/netns"
 	"github.com/gopasst/gopasst/internal/udp"
 )
@@ -61,7 +61,7 @@ func autoForward(ns *netns.NS, eng *udp.Engine, f *conf.Forward, splice, v4, v6 
 			log.Debugf("UDP auto forwarding: %v", err)
 		}
 		for _, c := range closing {
-			for _, uf := range expand(c, splice, v4, v6) {
+			for _, uf := range netcfg.Listeners(c.Addr, c.Ifname, c.Port, c.ToPort, v4, v6, splice) {
 				_ = eng.RemoveForward(uf)
 			}
 			delete(failed, c)
@@ -69,7 +69,7 @@ func autoForward(ns *netns.NS, eng *udp.Engine, f *conf.Forward, splice, v4, v6 
 		}
 		for _, o := range open {
 			ok := false
-			for _, uf := range expand(o, splice, v4, v6) {
+			for _, uf := range netcfg.Listeners(o.Addr, o.Ifname, o.Port, o.ToPort, v4, v6, splice) {
 				if err := eng.AddForward(uf); err != nil {
 					if !failed[o] {
 						log.Debugf("UDP auto forwarding: %v", err)
@@ -94,30 +94,4 @@ func autoForward(ns *netns.NS, eng *udp.Engine, f *conf.Forward, splice, v4, v6 
 		case <-tick.C:
 		}
 	}
-}
-
-// expand turns an auto forward into the engine's per-family listening
-// sockets: for -U on the namespace's loopback.
-func expand(f autoscan.Fwd, splice, v4, v6 bool) []udp.Forward {
-	if splice {
-		var out []udp.Forward
-		if v4 {
-			out = append(out, udp.Forward{Addr: netip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: f.Port, ToPort: f.ToPort, Splice: true})
-		}
-		if v6 {
-			out = append(out, udp.Forward{Addr: netip.IPv6Loopback(), Port: f.Port, ToPort: f.ToPort, Splice: true})
-		}
-		return out
-	}
-	if f.Addr.IsValid() && !f.Addr.IsUnspecified() {
-		return []udp.Forward{{Addr: f.Addr.Unmap(), Ifname: f.Ifname, Port: f.Port, ToPort: f.ToPort}}
-	}
-	var out []udp.Forward
-	if v4 {
-		out = append(out, udp.Forward{Addr: netip.IPv4Unspecified(), Ifname: f.Ifname, Port: f.Port, ToPort: f.ToPort})
-	}
-	if v6 {
-		out = append(out, udp.Forward{Addr: netip.IPv6Unspecified(), Ifname: f.Ifname, Port: f.Port, ToPort: f.ToPort})
-	}
-	return out
 }

@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(injectEnv) != "" {
 		os.Exit(injectMain())
 	}
+	if os.Getenv(refusedEnv) != "" {
+		os.Exit(refusedMain())
+	}
 	os.Exit(runTests(m))
 }
 

@@ -232,6 +232,20 @@ func (r *Rules) FromSplice(ini flow.Side, hostPort uint16) (flow.Side, Verdict) 
 	return flow.Side{EAddr: dst, EPort: hostPort, FAddr: ini.EAddr, FPort: ini.EPort}, OK
 }
 
+// Inbound translates an address on the host side into what the guest
+// sees: the host's loopback and own addresses become the address that
+// stands for the host. It fails when nothing stands for it.
+func (r *Rules) Inbound(a netip.Addr) (netip.Addr, bool) {
+	if !a.IsLoopback() && !r.isHostAddr(a) {
+		return a, true
+	}
+	m := r.MapHostLoopback6
+	if a.Is4() {
+		m = r.MapHostLoopback4
+	}
+	return m, m.IsValid()
+}
+
 func (r *Rules) isHostAddr(a netip.Addr) bool {
 	for _, h := range r.HostAddrs {
 		if h == a {

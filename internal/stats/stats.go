@@ -28,10 +28,11 @@ const (
 	DropMulticast                 // multicast or broadcast destination
 	DropUnmappable                // source that cannot be shown to the guest
 	DropUnsupported               // protocol not handled
+	DropRateLimited               // ICMP error to the guest over the rate limit
 	NumReasons                    // number of reasons
 )
 
-var reasonNames = [NumReasons]string{"malformed", "no-flow", "table-full", "socket-error", "tap-write", "multicast", "unmappable", "unsupported"}
+var reasonNames = [NumReasons]string{"malformed", "no-flow", "table-full", "socket-error", "tap-write", "multicast", "unmappable", "unsupported", "rate-limited"}
 
 // String names the reason.
 func (r Reason) String() string {
@@ -51,6 +52,7 @@ type Counters struct {
 	UDPToTapBytes   atomic.Uint64 // their payload bytes
 	UDPSpliced      atomic.Uint64 // datagrams moved socket to socket (splice, replies to listeners)
 	UDPSplicedBytes atomic.Uint64 // their payload bytes
+	ICMPToGuest     atomic.Uint64 // ICMP errors translated for the guest
 	L2Replies       atomic.Uint64 // ARP and NDP replies sent
 	FlowsCreated    atomic.Uint64 // UDP flows created
 	FlowsExpired    atomic.Uint64 // UDP flows expired
@@ -81,6 +83,7 @@ func (c *Counters) String() string {
 	line("udp bytes to tap", c.UDPToTapBytes.Load())
 	line("udp datagrams socket to socket", c.UDPSpliced.Load())
 	line("udp bytes socket to socket", c.UDPSplicedBytes.Load())
+	line("icmp errors to guest", c.ICMPToGuest.Load())
 	line("l2 replies", c.L2Replies.Load())
 	line("udp flows created", c.FlowsCreated.Load())
 	line("udp flows expired", c.FlowsExpired.Load())

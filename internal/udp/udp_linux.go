@@ -150,6 +150,7 @@ type Engine struct {
 	rx    rxBatch
 	tx    txBatch
 	sx    sxBatch
+	icmp  *icmpState
 	clock func() int64
 
 	// Listening sockets are opened and closed by the socket loop only,
@@ -166,7 +167,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.MaxFlows = 65536
 	}
 	e := &Engine{cfg: cfg, st: cfg.Stats, tab: flow.NewTable(cfg.MaxFlows), clock: monotonic,
-		reqs: make(chan lstReq, 16), runDone: make(chan struct{})}
+		reqs: make(chan lstReq, 16), runDone: make(chan struct{}), icmp: &icmpState{}}
 	var err error
 	if e.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, err
@@ -484,6 +485,7 @@ func (e *Engine) newFromTap(ini flow.Side, now int64) flow.Ref {
 		log.Debugf("UDP: no socket for flow %s: %v", ini, err)
 		return flow.NoRef
 	}
+	enableRecvErr(fd, tgt.EAddr.Is4())
 	tgt.FPort = port
 	f.PIF = [2]flow.PIF{flow.PIFTap, flow.PIFHost}
 	f.Side = [2]flow.Side{ini, tgt}
@@ -776,12 +778,13 @@ func (e *Engine) fromReply(idx int32, side uint8, gen uint32, events uint32) {
 	fd := f.Sock[side]
 	e.mu.Unlock()
 
+	if events&unix.EPOLLERR != 0 {
+		// Errors first: a pending one would fail the receive.
+		e.drainErrors(f, side, fd)
+		_, _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	}
 	n := e.receive(fd)
 	if n == 0 {
-		if events&unix.EPOLLERR != 0 {
-			// Clear a pending error that no receive reported.
-			_, _ = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-		}
 		return
 	}
 	now := e.clock()

@@ -1,0 +1,174 @@
+package udp
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasst/gopasst/internal/flow"
+	"github.com/gopasst/gopasst/internal/log"
+	"github.com/gopasst/gopasst/internal/packet"
+	"github.com/gopasst/gopasst/internal/stats"
+)
+
+// ICMP errors. A reply socket is connected to the guest's peer, so the
+// kernel files the ICMP errors that peer (or a router on the way) sends
+// back under that socket. With IP_RECVERR they are queued with what caused
+// them: the payload of the datagram, the ICMP type and code, and the
+// address of whoever complained. The socket loop reads them when epoll
+// reports EPOLLERR and sends the guest the ICMP error its kernel would
+// have got on a real network, quoting the datagram as the guest sent it
+// (its addresses and ports), so a guest's connected socket reports
+// ECONNREFUSED and traceroute sees time-exceeded.
+
+// maxICMPPerSecond bounds the ICMP errors sent to the guest.
+const maxICMPPerSecond = 100
+
+// Origins of extended socket errors (linux/errqueue.h).
+const (
+	eeOriginICMP  = 2
+	eeOriginICMP6 = 3
+)
+
+// enableRecvErr asks for ICMP errors in the socket's error queue.
+func enableRecvErr(fd int, v4 bool) {
+	if v4 {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1)
+	} else {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
+	}
+}
+
+// icmpState holds the buffers and the rate limit of the error path.
+type icmpState struct {
+	payload [packet.MaxICMP6Error]byte
+	oob     [256]byte
+	quote   [packet.MaxICMP6Error]byte
+	frame   [packet.EthLen + packet.MaxICMP6Error]byte
+	second  int64 // the second the count is for
+	count   int
+}
+
+// drainErrors reads the error queue of the reply socket on side `side` of
+// flow f and tells the guest. Called from the socket loop, which owns the
+// socket.
+func (e *Engine) drainErrors(f *flow.Flow, side uint8, fd int) {
+	for range 16 {
+		n, oobn, _, _, err := unix.Recvmsg(fd, e.icmp.payload[:], e.icmp.oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		if err != nil {
+			if !errors.Is(err, unix.EAGAIN) {
+				log.Debugf("UDP: error queue: %v", err)
+			}
+			return
+		}
+		ee, offender, ok := parseRecvErr(e.icmp.oob[:oobn])
+		if !ok {
+			continue
+		}
+		e.st.Drop(stats.DropSockErr)
+		if log.Enabled(log.LevelDebug) {
+			log.Debugf("UDP flow %s: ICMP type %d code %d from %s", f, ee.Type, ee.Code, offender)
+		}
+		other := side ^ 1
+		if f.PIF[other] != flow.PIFTap {
+			continue // splice: the sender is a socket, nothing to tell
+		}
+		e.icmpToGuest(&f.Side[other], &f.Side[side], ee, offender, e.icmp.payload[:min(n, len(e.icmp.payload))])
+	}
+}
+
+// parseRecvErr finds the extended error and the offender's address in
+// the control messages of an error-queue read.
+func parseRecvErr(oob []byte) (unix.SockExtendedErr, netip.Addr, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return unix.SockExtendedErr{}, netip.Addr{}, false
+	}
+	for _, m := range msgs {
+		if !(m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_RECVERR ||
+			m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_RECVERR) {
+			continue
+		}
+		const eeLen = int(unsafe.Sizeof(unix.SockExtendedErr{}))
+		if len(m.Data) < eeLen {
+			continue
+		}
+		var ee unix.SockExtendedErr
+		ee.Errno = binary.NativeEndian.Uint32(m.Data[0:4])
+		ee.Origin, ee.Type, ee.Code = m.Data[4], m.Data[5], m.Data[6]
+		ee.Info = binary.NativeEndian.Uint32(m.Data[8:12])
+		ee.Data = binary.NativeEndian.Uint32(m.Data[12:16])
+		if ee.Origin != eeOriginICMP && ee.Origin != eeOriginICMP6 {
+			continue
+		}
+		// The offender's sockaddr follows (SO_EE_OFFENDER).
+		var off netip.Addr
+		if sa := m.Data[eeLen:]; len(sa) >= 8 {
+			switch binary.NativeEndian.Uint16(sa[0:2]) {
+			case unix.AF_INET:
+				off = netip.AddrFrom4([4]byte(sa[4:8]))
+			case unix.AF_INET6:
+				if len(sa) >= 24 {
+					off = netip.AddrFrom16([16]byte(sa[8:24])).Unmap()
+				}
+			}
+		}
+		return ee, off, true
+	}
+	return unix.SockExtendedErr{}, netip.Addr{}, false
+}
+
+// icmpToGuest sends the guest (tapSide: the guest's endpoint and the
+// address it sent to) an ICMP error for a datagram it sent with payload,
+// reported by offender on the host side (hostSide).
+func (e *Engine) icmpToGuest(tapSide, hostSide *flow.Side, ee unix.SockExtendedErr, offender netip.Addr, payload []byte) {
+	if now := e.clock() / 1e9; now != e.icmp.second {
+		e.icmp.second, e.icmp.count = now, 0
+	}
+	if e.icmp.count >= maxICMPPerSecond {
+		e.st.Drop(stats.DropRateLimited)
+		return
+	}
+	e.icmp.count++
+	// Who complains, as the guest sees it: the peer it addressed, or a
+	// router on the way (the host itself standing in for its loopback).
+	src := tapSide.FAddr
+	if offender.IsValid() && offender != hostSide.EAddr {
+		src = offender
+		if a, ok := e.cfg.Rules.Inbound(offender); ok {
+			src = a
+		} else {
+			src = tapSide.FAddr
+		}
+	}
+	if src.Is4() != tapSide.EAddr.Is4() {
+		return
+	}
+	quoted := packet.QuoteUDP(e.icmp.quote[:], netip.AddrPortFrom(tapSide.EAddr, tapSide.EPort),
+		netip.AddrPortFrom(tapSide.FAddr, tapSide.FPort), payload)
+	var n int
+	if tapSide.EAddr.Is4() {
+		rest := uint32(0)
+		if ee.Type == 3 && ee.Code == 4 { // fragmentation needed: next-hop MTU
+			rest = ee.Info & 0xffff
+		}
+		n = packet.PutICMP4Error(e.icmp.frame[:], src, tapSide.EAddr, ee.Type, ee.Code, rest, quoted)
+		packet.PutEthernet(e.icmp.frame[:], e.cfg.Guest.MAC(), e.cfg.OurMAC, packet.EtherTypeIPv4)
+	} else {
+		rest := uint32(0)
+		if ee.Type == 2 { // packet too big: MTU
+			rest = ee.Info
+		}
+		n = packet.PutICMP6Error(e.icmp.frame[:], src, tapSide.EAddr, ee.Type, ee.Code, rest, quoted)
+		packet.PutEthernet(e.icmp.frame[:], e.cfg.Guest.MAC(), e.cfg.OurMAC, packet.EtherTypeIPv6)
+	}
+	if err := e.cfg.Tap.WriteFrame(e.icmp.frame[:packet.EthLen+n]); err != nil {
+		e.st.Drop(stats.DropTapWrite)
+		return
+	}
+	e.st.ICMPToGuest.Add(1)
+	e.st.TapTxFrames.Add(1)
+}

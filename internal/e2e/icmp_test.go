@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -55,5 +56,25 @@ func TestPortUnreachable(t *testing.T) {
 		if code != 0 || err != nil {
 			t.Fatalf("%s: %q (exit %d)\n%s", to, p.Stdout(), code, p.Stderr())
 		}
+	}
+}
+
+// TestCountersOnSIGUSR1 checks that SIGUSR1 prints the counters, and that
+// they moved with the traffic.
+func TestCountersOnSIGUSR1(t *testing.T) {
+	sb := sandbox.New(t)
+	echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", "127.0.0.1:5800", "-timeout", "20s")
+	echo.WaitLine(t, "ready", 5*time.Second)
+	p := pasta(t, sb, []string{"-q"}, "sh", "-c", udptool+" send -to 192.0.2.1:5800 -count 3 -size 100 -echo -connect; echo sent; sleep 3")
+	p.WaitLine(t, "sent", 10*time.Second)
+	if err := p.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for !strings.Contains(p.Stderr(), "udp datagrams to host: 3") || !strings.Contains(p.Stderr(), "udp bytes to tap: 300") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no counters after SIGUSR1:\n%s", p.Stderr())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

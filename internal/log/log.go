@@ -98,3 +98,7 @@ func Debugf(format string, args ...any) { logf(LevelDebug, format, args...) }
 
 // Tracef logs a per-packet message (--trace).
 func Tracef(format string, args ...any) { logf(LevelTrace, format, args...) }
+
+// Printf logs a message that was asked for (such as counters on SIGUSR1),
+// whatever the level.
+func Printf(format string, args ...any) { logf(LevelError, format, args...) }

@@ -88,6 +88,7 @@ func run(cfg *conf.Config) error {
 		daemon.Ready()
 	}
 
+	defer st.DumpOnSIGUSR1()()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)

@@ -196,6 +196,7 @@ func run(cfg *conf.Config) (int, error) {
 		}
 	}()
 
+	defer st.DumpOnSIGUSR1()()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)

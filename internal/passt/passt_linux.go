@@ -30,6 +30,7 @@ import (
 	"github.com/gopasst/gopasst/internal/engine"
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/netcfg"
+	"github.com/gopasst/gopasst/internal/pcap"
 	"github.com/gopasst/gopasst/internal/stats"
 	"github.com/gopasst/gopasst/internal/tap"
 )
@@ -68,7 +69,17 @@ func run(cfg *conf.Config) error {
 	}
 	defer stream.Close()
 	st := &stats.Counters{}
-	eng, err = engine.Build(stream, n, cfg, st, nil)
+	var ep tap.Endpoint = stream
+	if cfg.PcapFile != "" {
+		w, err := pcap.Create(cfg.PcapFile)
+		if err != nil {
+			return fmt.Errorf("packet capture: %w", err)
+		}
+		defer w.Close()
+		log.Infof("Saving packet capture to %s", cfg.PcapFile)
+		ep = pcap.Capture(stream, w)
+	}
+	eng, err = engine.Build(ep, n, cfg, st, nil)
 	if err != nil {
 		return err
 	}

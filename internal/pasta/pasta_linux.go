@@ -43,6 +43,7 @@ import (
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/netcfg"
 	"github.com/gopasst/gopasst/internal/netns"
+	"github.com/gopasst/gopasst/internal/pcap"
 	"github.com/gopasst/gopasst/internal/stats"
 	"github.com/gopasst/gopasst/internal/tap"
 	"github.com/gopasst/gopasst/internal/udp"
@@ -164,7 +165,12 @@ func run(cfg *conf.Config) (int, error) {
 		defer factory.Close()
 		nsSocket = factory.Socket
 	}
-	eng, err := engine.Build(dev, n, cfg, st, nsSocket)
+	ep, closeCapture, err := capture(dev, cfg.PcapFile)
+	if err != nil {
+		return 1, err
+	}
+	defer closeCapture()
+	eng, err := engine.Build(ep, n, cfg, st, nsSocket)
 	if err != nil {
 		return 1, err
 	}
@@ -208,6 +214,20 @@ func run(cfg *conf.Config) (int, error) {
 		return waitTarget(cfg, engErr, sigs)
 	}
 	return runCommand(cfg, ns, engErr, sigs)
+}
+
+// capture wraps ep to record its frames in the pcap file at path (-p),
+// if any. The returned function closes the file.
+func capture(ep tap.Endpoint, path string) (tap.Endpoint, func(), error) {
+	if path == "" {
+		return ep, func() {}, nil
+	}
+	w, err := pcap.Create(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("packet capture: %w", err)
+	}
+	log.Infof("Saving packet capture to %s", path)
+	return pcap.Capture(ep, w), func() { _ = w.Close() }, nil
 }
 
 func orNone(s string) string {

@@ -1,0 +1,77 @@
+package e2e_test
+
+import (
+	"bytes"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+
+	"github.com/gopasst/gopasst/internal/e2e/sandbox"
+)
+
+// TestPcap captures a namespace's UDP exchange with -p and reads the file
+// back with an independent reader: the datagrams both ways are in it.
+func TestPcap(t *testing.T) {
+	sb := sandbox.New(t)
+	echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", "127.0.0.1:5900", "-timeout", "20s")
+	echo.WaitLine(t, "ready", 5*time.Second)
+	file := filepath.Join(t.TempDir(), "capture.pcap")
+	p := pasta(t, sb, []string{"-p", file}, udptool, "send", "-to", "192.0.2.1:5900", "-from", "0.0.0.0:41900", "-count", "3", "-size", "1372", "-echo", "-connect")
+	wait(t, p, 0)
+
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := pcapgo.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.LinkType() != layers.LinkTypeEthernet {
+		t.Fatalf("link type %v", r.LinkType())
+	}
+	gw := netip.AddrPortFrom(sandbox.GatewayAddr4, 5900)
+	var out, in, arp int
+	for {
+		data, ci, err := r.ReadPacketData()
+		if err != nil {
+			break
+		}
+		if ci.CaptureLength != len(data) || ci.Length != len(data) {
+			t.Errorf("record lengths %d/%d for %d bytes", ci.CaptureLength, ci.Length, len(data))
+		}
+		pkt := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.Default)
+		if pkt.Layer(layers.LayerTypeARP) != nil {
+			arp++
+		}
+		u, ok := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP)
+		if !ok || len(u.Payload) != 1372 {
+			continue
+		}
+		ip, ok := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		if !ok {
+			continue
+		}
+		dst, _ := netip.AddrFromSlice(ip.DstIP)
+		src, _ := netip.AddrFromSlice(ip.SrcIP)
+		switch {
+		case netip.AddrPortFrom(dst, uint16(u.DstPort)) == gw && u.SrcPort == 41900:
+			out++
+		case netip.AddrPortFrom(src, uint16(u.SrcPort)) == gw && u.DstPort == 41900:
+			in++
+		}
+		if bytes.Count(u.Payload, []byte{0}) == len(u.Payload) {
+			t.Error("empty payload in capture")
+		}
+	}
+	if out != 3 || in != 3 || arp < 2 {
+		t.Fatalf("capture has %d datagrams out, %d in, %d ARP frames; want 3, 3, and a request and a reply", out, in, arp)
+	}
+}

@@ -78,3 +78,21 @@ func TestCountersOnSIGUSR1(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestMulticastNotForwarded checks that multicast from the namespace is
+// dropped and counted, not sent to the host's network: the host side
+// listens on the group's port and must get nothing.
+func TestMulticastNotForwarded(t *testing.T) {
+	sb := sandbox.New(t)
+	recv := sb.Start(t, sb.HostNS, udptool, "recv", "-l", "0.0.0.0:5353", "-count", "1", "-timeout", "2s")
+	recv.WaitLine(t, "ready", 5*time.Second)
+	p := pasta(t, sb, []string{"-d"}, "sh", "-c",
+		udptool+" send -to 224.0.0.251:5353 -count 2 -size 10; "+udptool+" send -to [ff02::fb%eth0]:5353 -count 2 -size 10; true")
+	wait(t, p, 0)
+	if !strings.Contains(p.Stderr(), "drop multicast: ") || strings.Contains(p.Stderr(), "drop multicast: 0\n") {
+		t.Fatalf("multicast not counted as dropped:\n%s", p.Stderr())
+	}
+	if code, _ := recv.Wait(5 * time.Second); code == 0 {
+		t.Fatalf("multicast reached the host: %s", recv.Stdout())
+	}
+}

@@ -31,6 +31,19 @@
 // and UDP headers are written in front of them, so a payload is copied only
 // by the kernel.
 //
+// Multicast and broadcast. A flow has two unicast ends, so datagrams
+// from the guest to a multicast or broadcast address are not forwarded:
+// sending them from a host socket would put the guest's mDNS, SSDP or LLMNR
+// chatter on the host's network. They are dropped and counted ("drop
+// multicast"); DHCP and DHCPv6, the broadcast and multicast the guest
+// needs, are answered before UDP sees them (package dhcp).
+//
+// ICMP errors. Reply sockets of flows the guest started read their error
+// queue (IP_RECVERR): an ICMP error for a datagram the guest sent is
+// translated into the ICMP or ICMPv6 error its kernel would have got,
+// quoting the datagram as the guest sent it, so a connected socket in the
+// guest sees ECONNREFUSED (see icmp_linux.go).
+//
 // Concurrency. The tap reader and the epoll loop run on their own
 // goroutines and share the flow table under one mutex, taken once per batch.
 // Only the epoll loop closes sockets and frees flows (expiry runs there), so

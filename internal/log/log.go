@@ -7,6 +7,7 @@
 package log
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -56,7 +57,7 @@ func SetOutput(w io.Writer) {
 // OpenFile sends messages to the file at path, truncated, keeping it under
 // size bytes.
 func OpenFile(path string, size int64) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
@@ -76,12 +77,39 @@ func logf(l Level, format string, args ...any) {
 	defer mu.Unlock()
 	if limit > 0 && written+int64(len(msg)) > limit {
 		if f, ok := out.(*os.File); ok {
-			_ = f.Truncate(0)
+			written = makeRoom(f, limit/2)
+		} else {
+			written = 0
 		}
-		written = 0
 	}
 	n, _ := io.WriteString(out, msg)
 	written += int64(n)
+}
+
+// makeRoom keeps only the newest entries of log file f, at most keep
+// bytes starting at a line, so that new entries fit (--log-size: old ones
+// are removed from the beginning). It returns the new size.
+func makeRoom(f *os.File, keep int64) int64 {
+	st, err := f.Stat()
+	if err != nil {
+		return 0
+	}
+	size := st.Size()
+	if size <= keep {
+		return size
+	}
+	tail := make([]byte, keep)
+	n, _ := f.ReadAt(tail, size-keep)
+	tail = tail[:n]
+	if i := bytes.IndexByte(tail, '\n'); i >= 0 {
+		tail = tail[i+1:] // start at a whole entry
+	}
+	if err := f.Truncate(0); err != nil {
+		return size
+	}
+	// The file is in append mode: the write lands at the new end, 0.
+	m, _ := f.Write(tail)
+	return int64(m)
 }
 
 // Errorf logs an error.

@@ -96,3 +96,37 @@ func TestMulticastNotForwarded(t *testing.T) {
 		t.Fatalf("multicast reached the host: %s", recv.Stdout())
 	}
 }
+
+// TestFragmentsFromNamespace sends datagrams the namespace's kernel must
+// fragment (larger than its MTU): gopasst reassembles them, and the host
+// gets them whole; the echoes come back byte-exact.
+func TestFragmentsFromNamespace(t *testing.T) {
+	sb := sandbox.New(t)
+	for _, c := range []struct {
+		mtu  string
+		to   string
+		size int
+	}{
+		{"65520", "192.0.2.1:5950", 65507},
+		{"65520", "[2001:db8::1]:5950", 65527},
+		{"1500", "192.0.2.1:5951", 9000},
+		{"1500", "[2001:db8::1]:5951", 9000},
+	} {
+		t.Run(c.mtu+"/"+c.to, func(t *testing.T) {
+			loop := "127.0.0.1"
+			if strings.HasPrefix(c.to, "[") {
+				loop = "[::1]"
+			}
+			echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", loop+c.to[strings.LastIndex(c.to, ":"):], "-count", "2", "-timeout", "20s")
+			echo.WaitLine(t, "ready", 5*time.Second)
+			p := pasta(t, sb, []string{"-d", "-m", c.mtu}, udptool, "send", "-to", c.to, "-size", fmt.Sprint(c.size), "-count", "2", "-echo", "-connect")
+			wait(t, p, 0)
+			if r := parseSend(t, p.Stdout()); r.Received != 2 || r.Bad != 0 {
+				t.Fatalf("send result %+v", r)
+			}
+			if !strings.Contains(p.Stderr(), "ip datagrams reassembled: 2") {
+				t.Fatalf("datagrams were not reassembled:\n%s", p.Stderr())
+			}
+		})
+	}
+}

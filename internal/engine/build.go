@@ -5,6 +5,7 @@ import (
 
 	"github.com/gopasst/gopasst/internal/conf"
 	"github.com/gopasst/gopasst/internal/dhcp"
+	"github.com/gopasst/gopasst/internal/frag"
 	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/l2"
 	"github.com/gopasst/gopasst/internal/netcfg"
@@ -28,7 +29,7 @@ func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters,
 	}
 	guest := fwd.NewGuest(a4, a6)
 	e := &Engine{
-		EP: ep, Guest: guest, Stats: st, IPv4: n.IPv4, IPv6: n.IPv6,
+		EP: ep, Guest: guest, Stats: st, IPv4: n.IPv4, IPv6: n.IPv6, Frag: frag.New(),
 		L2: &l2.Responder{OurMAC: n.OurMAC, Guest: guest, Prefix6: n.Addr6, MTU: cfg.MTU,
 			NoNDP: cfg.NoNDP, NoRA: cfg.NoRA, Managed: !cfg.NoDHCPv6},
 	}

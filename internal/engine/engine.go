@@ -10,7 +10,8 @@
 //   - the tap reader ([Engine.Run]) takes a batch of frames per wake-up,
 //     parses each once (package packet), learns the guest's MAC and
 //     addresses from them (package fwd), answers ARP and NDP (package l2)
-//     and DHCP and DHCPv6 (package dhcp) on the spot, and collects the UDP
+//     and DHCP and DHCPv6 (package dhcp) on the spot, reassembles IP
+//     fragments (package frag), and collects the UDP
 //     datagrams of the batch for one call into the UDP engine, which
 //     groups them by flow;
 //   - the UDP engine's epoll loop (package udp) carries datagrams from host
@@ -26,6 +27,7 @@ import (
 	"sync"
 
 	"github.com/gopasst/gopasst/internal/dhcp"
+	"github.com/gopasst/gopasst/internal/frag"
 	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/l2"
 	"github.com/gopasst/gopasst/internal/log"
@@ -47,6 +49,7 @@ type Engine struct {
 	L2    *l2.Responder
 	DHCP  *dhcp.Server // answers DHCP and DHCPv6 before UDP sees them
 	UDP   *udp.Engine  // nil with --no-udp
+	Frag  *frag.Reassembler
 	Guest *fwd.Guest
 	Stats *stats.Counters
 	// IPv4 and IPv6 say which families are served.
@@ -84,6 +87,33 @@ func (e *Engine) Run() error {
 	default:
 	}
 	return err
+}
+
+// fragment hands an IP fragment to the reassembler and returns the UDP
+// datagram it completes, if any.
+func (e *Engine) fragment(p *packet.Parsed) *packet.Parsed {
+	e.Stats.FragmentsIn.Add(1)
+	if p.Src4.Is4() && !e.IPv4 || p.Src4.Is6() && !e.IPv6 {
+		e.Stats.Drop(stats.DropUnsupported)
+		return nil
+	}
+	whole, res := e.Frag.Add(p)
+	switch res {
+	case frag.Complete:
+		e.Stats.Reassembled.Add(1)
+		if whole.Proto != packet.ProtoUDP || e.UDP == nil {
+			e.Stats.Drop(stats.DropUnsupported)
+			return nil
+		}
+		return whole
+	case frag.Pending, frag.Duplicate:
+	default:
+		e.Stats.Drop(stats.DropFragment)
+		if log.Enabled(log.LevelDebug) {
+			log.Debugf("dropping fragmented datagram from %s (%d)", p.Src4, res)
+		}
+	}
+	return nil
 }
 
 // reply writes the first m bytes of buf, a frame that answers the guest,
@@ -131,6 +161,13 @@ func (e *Engine) readLoop() error {
 				continue
 			}
 			e.Guest.SeeMAC(p.Src)
+			if p.Fragment {
+				if whole := e.fragment(p); whole != nil {
+					e.Guest.SeeAddr(whole.Src4)
+					udpPkts = append(udpPkts, whole)
+				}
+				continue
+			}
 			switch {
 			case p.EtherType == packet.EtherTypeARP:
 				if !e.IPv4 {
@@ -159,5 +196,6 @@ func (e *Engine) readLoop() error {
 		if len(udpPkts) > 0 {
 			e.UDP.HandleTap(udpPkts)
 		}
+		e.Frag.Release()
 	}
 }

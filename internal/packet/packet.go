@@ -62,7 +62,7 @@ const (
 	DropNone        Drop = iota
 	DropShort            // shorter than the headers it announces
 	DropBadHeader        // version, header length or length fields inconsistent
-	DropFragment         // IPv4 fragment or IPv6 fragment header
+	DropFragment         // fragment that cannot be reassembled (see package frag)
 	DropUnsupported      // EtherType or protocol we do not handle
 	NumDrops             // number of drop reasons
 )
@@ -93,6 +93,16 @@ type Parsed struct {
 	HopLimit   uint8      // TTL or hop limit
 	L4         []byte     // transport header and payload
 
+	// For fragments (IPv4 fragments and IPv6 packets with a fragment
+	// header): Fragment is set, L4 holds this fragment's data, FragOffset
+	// is its byte offset in the datagram, FragMore says more follow, and
+	// FragID is the identification. UDP fields are then not set: package
+	// frag reassembles the datagram and parses its UDP header.
+	Fragment   bool
+	FragMore   bool
+	FragOffset int
+	FragID     uint32
+
 	// For UDP:
 	SrcPort, DstPort uint16
 	Payload          []byte
@@ -112,6 +122,7 @@ func Parse(frame []byte, p *Parsed) Drop {
 	p.L3 = l3
 	p.L4, p.Payload = nil, nil
 	p.SrcPort, p.DstPort = 0, 0
+	p.Fragment, p.FragMore, p.FragOffset, p.FragID = false, false, 0, 0
 	switch p.EtherType {
 	case EtherTypeARP:
 		return DropNone
@@ -126,8 +137,8 @@ func Parse(frame []byte, p *Parsed) Drop {
 	default:
 		return DropUnsupported
 	}
-	if p.Proto == ProtoUDP {
-		return parseUDP(p)
+	if p.Proto == ProtoUDP && !p.Fragment {
+		return ParseUDP(p)
 	}
 	return DropNone
 }
@@ -148,7 +159,11 @@ func parseIPv4(b []byte, p *Parsed) Drop {
 		return DropShort
 	}
 	if frag := binary.BigEndian.Uint16(b[6:8]); frag&0x3fff != 0 {
-		return DropFragment // MF set or non-zero offset
+		// MF set or non-zero offset: a fragment.
+		p.Fragment = true
+		p.FragMore = frag&0x2000 != 0
+		p.FragOffset = int(frag&0x1fff) * 8
+		p.FragID = uint32(binary.BigEndian.Uint16(b[4:6]))
 	}
 	p.L3 = b[:total]
 	p.HopLimit = b[8]
@@ -198,7 +213,20 @@ func parseIPv6(b []byte, p *Parsed) Drop {
 			next, rest = rest[0], rest[n:]
 			continue
 		case ip6Fragment:
-			return DropFragment
+			if len(rest) < 8 {
+				return DropShort
+			}
+			off := binary.BigEndian.Uint16(rest[2:4])
+			p.FragOffset = int(off &^ 7)
+			p.FragMore = off&1 != 0
+			p.FragID = binary.BigEndian.Uint32(rest[4:8])
+			// An atomic fragment (offset 0, no more) is whole.
+			p.Fragment = p.FragOffset != 0 || p.FragMore
+			next, rest = rest[0], rest[8:]
+			if p.Fragment {
+				break
+			}
+			continue
 		}
 		break
 	}
@@ -207,7 +235,8 @@ func parseIPv6(b []byte, p *Parsed) Drop {
 	return DropNone
 }
 
-func parseUDP(p *Parsed) Drop {
+// ParseUDP parses the UDP header in p.L4, setting the ports and payload.
+func ParseUDP(p *Parsed) Drop {
 	b := p.L4
 	if len(b) < UDPLen {
 		return DropShort

@@ -116,12 +116,11 @@ func TestParseMalformed(t *testing.T) {
 		{"v4-ihl-small", mut(good4, func(b []byte) { b[EthLen] = 0x44 }), DropBadHeader},
 		{"v4-total-long", mut(good4, func(b []byte) { b[EthLen+2] = 0xff }), DropShort},
 		{"v4-total-small", mut(good4, func(b []byte) { b[EthLen+2], b[EthLen+3] = 0, 10 }), DropBadHeader},
-		{"v4-fragment", mut(good4, func(b []byte) { b[EthLen+6] = 0x20 }), DropFragment},
+		{"v6-fragment-short", mut(good6, func(b []byte) { b[EthLen+6] = 44; b[EthLen+5] = 4 })[:EthLen+IPv6Len+4], DropShort},
 		{"v4-udp-len-long", mut(good4, func(b []byte) { b[EthLen+IPv4Len+4] = 0xff }), DropShort},
 		{"v4-udp-len-small", mut(good4, func(b []byte) { b[EthLen+IPv4Len+4], b[EthLen+IPv4Len+5] = 0, 4 }), DropBadHeader},
 		{"v6-truncated", good6[:EthLen+39], DropShort},
 		{"v6-plen-long", mut(good6, func(b []byte) { b[EthLen+4] = 0xff }), DropShort},
-		{"v6-fragment", mut(good6, func(b []byte) { b[EthLen+6] = 44 }), DropFragment},
 		{"v6-ext-overrun", mut(good6, func(b []byte) { b[EthLen+6] = 0; b[EthLen+IPv6Len+1] = 200 }), DropShort},
 		{"unknown-ethertype", mut(good4, func(b []byte) { b[12], b[13] = 0x88, 0x8e }), DropUnsupported},
 	}
@@ -253,5 +252,36 @@ func TestPutUDPAllocs(t *testing.T) {
 		Parse(buf, &p)
 	}); a != 0 {
 		t.Fatalf("%v allocations per datagram", a)
+	}
+}
+
+// TestParseFragments checks the fragment fields against fragments built
+// with gopacket.
+func TestParseFragments(t *testing.T) {
+	// IPv4: more fragments, offset 185 (1480 bytes), id 0x1234.
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, Id: 0x1234, Flags: layers.IPv4MoreFragments,
+		FragOffset: 185, SrcIP: netip.MustParseAddr("192.0.2.2").AsSlice(), DstIP: netip.MustParseAddr("192.0.2.1").AsSlice()}
+	buf := gopacket.NewSerializeBuffer()
+	_ = gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		&layers.Ethernet{SrcMAC: macA, DstMAC: macB, EthernetType: layers.EthernetTypeIPv4}, ip, gopacket.Payload(make([]byte, 64)))
+	var p Parsed
+	if d := Parse(buf.Bytes(), &p); d != DropNone {
+		t.Fatal(d)
+	}
+	if !p.Fragment || !p.FragMore || p.FragOffset != 1480 || p.FragID != 0x1234 || len(p.L4) != 64 || p.Payload != nil {
+		t.Fatalf("IPv4 fragment: %+v", p)
+	}
+	// IPv6: last fragment at offset 1448, id 0xdeadbeef.
+	ip6 := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolIPv6Fragment,
+		SrcIP: netip.MustParseAddr("2001:db8::2").AsSlice(), DstIP: netip.MustParseAddr("2001:db8::1").AsSlice()}
+	fh := &layers.IPv6Fragment{NextHeader: layers.IPProtocolUDP, FragmentOffset: 181, Identification: 0xdeadbeef}
+	buf = gopacket.NewSerializeBuffer()
+	_ = gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true},
+		&layers.Ethernet{SrcMAC: macA, DstMAC: macB, EthernetType: layers.EthernetTypeIPv6}, ip6, fh, gopacket.Payload(make([]byte, 40)))
+	if d := Parse(buf.Bytes(), &p); d != DropNone {
+		t.Fatal(d)
+	}
+	if !p.Fragment || p.FragMore || p.FragOffset != 1448 || p.FragID != 0xdeadbeef || p.Proto != ProtoUDP || len(p.L4) != 40 {
+		t.Fatalf("IPv6 fragment: %+v", p)
 	}
 }

@@ -29,10 +29,11 @@ const (
 	DropUnmappable                // source that cannot be shown to the guest
 	DropUnsupported               // protocol not handled
 	DropRateLimited               // ICMP error to the guest over the rate limit
+	DropFragment                  // fragments that could not be reassembled
 	NumReasons                    // number of reasons
 )
 
-var reasonNames = [NumReasons]string{"malformed", "no-flow", "table-full", "socket-error", "tap-write", "multicast", "unmappable", "unsupported", "rate-limited"}
+var reasonNames = [NumReasons]string{"malformed", "no-flow", "table-full", "socket-error", "tap-write", "multicast", "unmappable", "unsupported", "rate-limited", "fragment"}
 
 // String names the reason.
 func (r Reason) String() string {
@@ -53,6 +54,8 @@ type Counters struct {
 	UDPSpliced      atomic.Uint64 // datagrams moved socket to socket (splice, replies to listeners)
 	UDPSplicedBytes atomic.Uint64 // their payload bytes
 	ICMPToGuest     atomic.Uint64 // ICMP errors translated for the guest
+	FragmentsIn     atomic.Uint64 // IP fragments from the guest
+	Reassembled     atomic.Uint64 // datagrams reassembled from them
 	L2Replies       atomic.Uint64 // ARP and NDP replies sent
 	FlowsCreated    atomic.Uint64 // UDP flows created
 	FlowsExpired    atomic.Uint64 // UDP flows expired
@@ -84,6 +87,8 @@ func (c *Counters) String() string {
 	line("udp datagrams socket to socket", c.UDPSpliced.Load())
 	line("udp bytes socket to socket", c.UDPSplicedBytes.Load())
 	line("icmp errors to guest", c.ICMPToGuest.Load())
+	line("ip fragments in", c.FragmentsIn.Load())
+	line("ip datagrams reassembled", c.Reassembled.Load())
 	line("l2 replies", c.L2Replies.Load())
 	line("udp flows created", c.FlowsCreated.Load())
 	line("udp flows expired", c.FlowsExpired.Load())

@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"bytes"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -75,3 +76,47 @@ func TestPcap(t *testing.T) {
 		t.Fatalf("capture has %d datagrams out, %d in, %d ARP frames; want 3, 3, and a request and a reply", out, in, arp)
 	}
 }
+
+// TestFragmentsToGuest checks that an IPv4 datagram larger than the
+// guest's MTU reaches it as fragments that each fit the MTU (seen in a
+// capture), and that the guest's kernel puts them back together.
+func TestFragmentsToGuest(t *testing.T) {
+	sb := sandbox.New(t)
+	echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", "127.0.0.1:5952", "-timeout", "20s")
+	echo.WaitLine(t, "ready", 5*time.Second)
+	file := filepath.Join(t.TempDir(), "capture.pcap")
+	p := pasta(t, sb, []string{"-m", "1500", "-p", file}, udptool, "send", "-to", "192.0.2.1:5952", "-size", "9000", "-count", "2", "-echo", "-connect")
+	wait(t, p, 0)
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := pcapgo.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fragments := 0
+	for {
+		data, _, err := r.ReadPacketData()
+		if err != nil {
+			break
+		}
+		pkt := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.Default)
+		ip, ok := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		if !ok || !net4(ip.SrcIP).Equal(sandbox.GatewayAddr4.AsSlice()) {
+			continue
+		}
+		if len(data) > 1514 {
+			t.Errorf("frame of %d bytes to a guest with MTU 1500", len(data))
+		}
+		if ip.Flags&layers.IPv4MoreFragments != 0 || ip.FragOffset != 0 {
+			fragments++
+		}
+	}
+	if fragments < 2*7 {
+		t.Fatalf("%d fragments to the guest, want at least 14 for two 9000-byte datagrams", fragments)
+	}
+}
+
+func net4(b []byte) net.IP { return net.IP(b) }

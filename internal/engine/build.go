@@ -76,7 +76,7 @@ func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters,
 		var err error
 		e.UDP, err = udp.New(udp.Config{Rules: rules, Guest: guest, OurMAC: n.OurMAC, Tap: ep, Stats: st,
 			Forwards: forwards, Timeout: n.Timeout, StreamTimeout: n.StreamTimeout, MaxFlows: cfg.MaxFlows,
-			NSSocket: nsSocket})
+			NSSocket: nsSocket, MTU: cfg.MTU})
 		if err != nil {
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 package udp
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -58,6 +59,9 @@ type Config struct {
 	// NSSocket creates sockets in the namespace (pasta); nil disables
 	// the splice path.
 	NSSocket SocketFunc
+	// MTU is the guest's: IPv4 datagrams to the guest that do not fit
+	// are fragmented. Zero means no limit.
+	MTU int
 }
 
 // Batch is the most datagrams moved by one recvmmsg or sendmmsg.
@@ -140,18 +144,22 @@ type txBatch struct {
 // Engine is the UDP translation: it owns the flow table, the listening and
 // reply sockets and the epoll loop over them.
 type Engine struct {
-	cfg   Config
-	st    *stats.Counters
-	mu    sync.Mutex
-	tab   *flow.Table
-	epfd  int
-	wake  int
-	lst   []listener
-	rx    rxBatch
-	tx    txBatch
-	sx    sxBatch
-	icmp  *icmpState
-	clock func() int64
+	cfg  Config
+	st   *stats.Counters
+	mu   sync.Mutex
+	tab  *flow.Table
+	epfd int
+	wake int
+	lst  []listener
+	rx   rxBatch
+	tx   txBatch
+	sx   sxBatch
+	icmp *icmpState
+	// frag is the scratch frame for IPv4 fragments to the guest, fragID
+	// their identification counter.
+	frag   []byte
+	fragID uint16
+	clock  func() int64
 
 	// Listening sockets are opened and closed by the socket loop only,
 	// on request (AddForward, RemoveForward).
@@ -816,7 +824,51 @@ func (e *Engine) toTap(i, plen int, to *flow.Side, mac packet.MAC) {
 		packet.PutUDP6(buf[packet.EthLen:], to.FAddr, to.EAddr, to.FPort, to.EPort, plen)
 		packet.PutEthernet(buf, mac, e.cfg.OurMAC, packet.EtherTypeIPv6)
 	}
-	e.rx.out = append(e.rx.out, buf[start:packet.MaxHeadroom+plen])
+	frame := buf[start : packet.MaxHeadroom+plen]
+	if to.EAddr.Is4() && e.cfg.MTU > 0 && len(frame)-packet.EthLen > e.cfg.MTU {
+		e.fragmentToTap(frame)
+		return
+	}
+	e.rx.out = append(e.rx.out, frame)
+}
+
+// fragmentToTap sends an IPv4 frame larger than the guest's MTU as
+// fragments, after the frames queued before it.
+func (e *Engine) fragmentToTap(frame []byte) {
+	e.flush()
+	if e.frag == nil {
+		e.frag = make([]byte, packet.EthLen+e.cfg.MTU)
+	}
+	hdr := frame[packet.EthLen : packet.EthLen+packet.IPv4Len]
+	data := frame[packet.EthLen+packet.IPv4Len:]
+	chunk := (e.cfg.MTU - packet.IPv4Len) &^ 7
+	e.fragID++
+	sent := 0
+	for off := 0; off < len(data); off += chunk {
+		end := min(off+chunk, len(data))
+		b := e.frag[:packet.EthLen+packet.IPv4Len+end-off]
+		copy(b, frame[:packet.EthLen])
+		h := b[packet.EthLen : packet.EthLen+packet.IPv4Len]
+		copy(h, hdr)
+		binary.BigEndian.PutUint16(h[2:4], uint16(packet.IPv4Len+end-off))
+		binary.BigEndian.PutUint16(h[4:6], e.fragID)
+		fo := uint16(off / 8)
+		if end < len(data) {
+			fo |= 0x2000 // more fragments
+		}
+		binary.BigEndian.PutUint16(h[6:8], fo)
+		h[10], h[11] = 0, 0
+		binary.BigEndian.PutUint16(h[10:12], packet.Fold(packet.Sum(h, 0)))
+		copy(b[packet.EthLen+packet.IPv4Len:], data[off:end])
+		if err := e.cfg.Tap.WriteFrame(b); err != nil {
+			e.st.Drop(stats.DropTapWrite)
+			return
+		}
+		sent++
+	}
+	e.st.UDPToTap.Add(1)
+	e.st.UDPToTapBytes.Add(uint64(len(data) - packet.UDPLen))
+	e.st.TapTxFrames.Add(uint64(sent))
 }
 
 // flush writes the queued frames to the guest: with one call where the

@@ -173,9 +173,7 @@ func covered(spans []span, total int) bool {
 // Release returns the slots of completed datagrams: the packets Add
 // returned are invalid afterwards.
 func (r *Reassembler) Release() {
-	for _, s := range r.done {
-		r.free = append(r.free, s)
-	}
+	r.free = append(r.free, r.done...)
 	r.done = r.done[:0]
 }
 

@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(refusedEnv) != "" {
 		os.Exit(refusedMain())
 	}
+	if os.Getenv(ttlEnv) != "" {
+		os.Exit(ttlMain())
+	}
 	os.Exit(runTests(m))
 }
 

@@ -76,10 +76,19 @@ func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters,
 		var err error
 		e.UDP, err = udp.New(udp.Config{Rules: rules, Guest: guest, OurMAC: n.OurMAC, Tap: ep, Stats: st,
 			Forwards: forwards, Timeout: n.Timeout, StreamTimeout: n.StreamTimeout, MaxFlows: cfg.MaxFlows,
-			NSSocket: nsSocket, MTU: cfg.MTU})
+			NSSocket: nsSocket, MTU: cfg.MTU, Router4: n.Gateway4, Router6: router6(n, e.L2.LinkLocal())})
 		if err != nil {
 			return nil, err
 		}
 	}
 	return e, nil
+}
+
+// router6 is the address IPv6 time-exceeded errors come from: the
+// gateway, or our link-local address, the router of router advertisements.
+func router6(n *netcfg.Net, ll netip.Addr) netip.Addr {
+	if n.Gateway6.IsValid() {
+		return n.Gateway6
+	}
+	return ll
 }

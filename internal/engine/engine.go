@@ -185,6 +185,9 @@ func (e *Engine) readLoop() error {
 					continue
 				}
 				e.Guest.SeeAddr(p.Src4)
+				if e.UDP.Expired(p) {
+					continue
+				}
 				udpPkts = append(udpPkts, p)
 				continue
 			case p.Proto != packet.ProtoICMPv6:

@@ -232,6 +232,14 @@ func (r *Rules) FromSplice(ini flow.Side, hostPort uint16) (flow.Side, Verdict) 
 	return flow.Side{EAddr: dst, EPort: hostPort, FAddr: ini.EAddr, FPort: ini.EPort}, OK
 }
 
+// StandsForHost reports whether the guest reaches the host itself at a:
+// the addresses mapped to its loopback or its own address.
+func (r *Rules) StandsForHost(a netip.Addr) bool {
+	m4, m6 := r.MapHostLoopback4, r.MapHostLoopback6
+	return a.IsValid() && (a == m4 || a == m6 || a == r.RouterLL6 ||
+		a == r.MapGuestAddr4 || a == r.MapGuestAddr6 || a == r.DNSMatch4 || a == r.DNSMatch6)
+}
+
 // Inbound translates an address on the host side into what the guest
 // sees: the host's loopback and own addresses become the address that
 // stands for the host. It fails when nothing stands for it.

@@ -149,23 +149,49 @@ func (e *Engine) icmpToGuest(tapSide, hostSide *flow.Side, ee unix.SockExtendedE
 	}
 	quoted := packet.QuoteUDP(e.icmp.quote[:], netip.AddrPortFrom(tapSide.EAddr, tapSide.EPort),
 		netip.AddrPortFrom(tapSide.FAddr, tapSide.FPort), payload)
+	e.sendICMP(e.icmp, src, tapSide.EAddr, ee.Type, ee.Code, ee.Info, quoted)
+}
+
+// icmpFrom sends the guest at dst an ICMP error (type4 for IPv4, type6
+// for IPv6, code 0) from src quoting quoted, with the tap reader's
+// buffers and rate limit.
+func (e *Engine) icmpFrom(src, dst netip.Addr, quoted []byte, type4, type6 uint8) {
+	st := e.icmpTap
+	if now := e.clock() / 1e9; now != st.second {
+		st.second, st.count = now, 0
+	}
+	if st.count >= maxICMPPerSecond {
+		e.st.Drop(stats.DropRateLimited)
+		return
+	}
+	st.count++
+	typ := type6
+	if dst.Is4() {
+		typ = type4
+	}
+	e.sendICMP(st, src, dst, typ, 0, 0, quoted)
+}
+
+// sendICMP writes an ICMP or ICMPv6 error to the guest, built in st's
+// buffers (each loop has its own).
+func (e *Engine) sendICMP(st *icmpState, src, dst netip.Addr, typ, code uint8, info uint32, quoted []byte) {
 	var n int
-	if tapSide.EAddr.Is4() {
+	if dst.Is4() {
 		rest := uint32(0)
-		if ee.Type == 3 && ee.Code == 4 { // fragmentation needed: next-hop MTU
-			rest = ee.Info & 0xffff
+		if typ == 3 && code == 4 { // fragmentation needed: next-hop MTU
+			rest = info & 0xffff
 		}
-		n = packet.PutICMP4Error(e.icmp.frame[:], src, tapSide.EAddr, ee.Type, ee.Code, rest, quoted)
-		packet.PutEthernet(e.icmp.frame[:], e.cfg.Guest.MAC(), e.cfg.OurMAC, packet.EtherTypeIPv4)
+		n = packet.PutICMP4Error(st.frame[:], src, dst, typ, code, rest, quoted)
+		packet.PutEthernet(st.frame[:], e.cfg.Guest.MAC(), e.cfg.OurMAC, packet.EtherTypeIPv4)
 	} else {
 		rest := uint32(0)
-		if ee.Type == 2 { // packet too big: MTU
-			rest = ee.Info
+		if typ == 2 { // packet too big: MTU
+			rest = info
 		}
-		n = packet.PutICMP6Error(e.icmp.frame[:], src, tapSide.EAddr, ee.Type, ee.Code, rest, quoted)
-		packet.PutEthernet(e.icmp.frame[:], e.cfg.Guest.MAC(), e.cfg.OurMAC, packet.EtherTypeIPv6)
+		n = packet.PutICMP6Error(st.frame[:], src, dst, typ, code, rest, quoted)
+		packet.PutEthernet(st.frame[:], e.cfg.Guest.MAC(), e.cfg.OurMAC, packet.EtherTypeIPv6)
 	}
-	if err := e.cfg.Tap.WriteFrame(e.icmp.frame[:packet.EthLen+n]); err != nil {
+	if err := e.cfg.Tap.WriteFrame(st.frame[:packet.EthLen+n]); err != nil {
 		e.st.Drop(stats.DropTapWrite)
 		return
 	}

@@ -62,6 +62,9 @@ type Config struct {
 	// MTU is the guest's: IPv4 datagrams to the guest that do not fit
 	// are fragmented. Zero means no limit.
 	MTU int
+	// Router4 and Router6 are the guest's gateway addresses: datagrams
+	// whose TTL runs out here are answered with time-exceeded from them.
+	Router4, Router6 netip.Addr
 }
 
 // Batch is the most datagrams moved by one recvmmsg or sendmmsg.
@@ -154,7 +157,9 @@ type Engine struct {
 	rx   rxBatch
 	tx   txBatch
 	sx   sxBatch
-	icmp *icmpState
+	// icmp serves the socket loop's error path, icmpTap the tap reader's
+	// (Expired).
+	icmp, icmpTap *icmpState
 	// frag is the scratch frame for IPv4 fragments to the guest, fragID
 	// their identification counter.
 	frag   []byte
@@ -175,7 +180,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.MaxFlows = 65536
 	}
 	e := &Engine{cfg: cfg, st: cfg.Stats, tab: flow.NewTable(cfg.MaxFlows), clock: monotonic,
-		reqs: make(chan lstReq, 16), runDone: make(chan struct{}), icmp: &icmpState{}}
+		reqs: make(chan lstReq, 16), runDone: make(chan struct{}), icmp: &icmpState{}, icmpTap: &icmpState{}}
 	var err error
 	if e.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, err
@@ -403,6 +408,27 @@ func (e *Engine) HandleTap(pkts []*packet.Parsed) {
 		e.tapGroup(pkts[i:j], now)
 		i = j
 	}
+}
+
+// Expired (called by the tap reader) answers a datagram from the guest
+// whose TTL or hop limit would
+// run out at its gateway, as a router does: with an ICMP time-exceeded
+// error from the gateway address. It reports whether it consumed p.
+// Datagrams to the host itself (the gateway and the other addresses that
+// stand for it) have arrived and are not expired.
+func (e *Engine) Expired(p *packet.Parsed) bool {
+	if p.HopLimit > 1 || e.cfg.Rules.StandsForHost(p.Dst4) {
+		return false
+	}
+	from := e.cfg.Router6
+	if p.Src4.Is4() {
+		from = e.cfg.Router4
+	}
+	if !from.IsValid() {
+		return false
+	}
+	e.icmpFrom(from, p.Src4, p.L3, 11, 3) // time exceeded in transit (v4 11/0, v6 3/0)
+	return true
 }
 
 func sameTuple(a, b *packet.Parsed) bool {

@@ -71,7 +71,8 @@ func TestCountersOnSIGUSR1(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(2 * time.Second)
-	for !strings.Contains(p.Stderr(), "udp datagrams to host: 3") || !strings.Contains(p.Stderr(), "udp bytes to tap: 300") {
+	for !strings.Contains(p.Stderr(), "udp datagrams to host: 3") || !strings.Contains(p.Stderr(), "udp bytes to tap: 300") ||
+		!strings.Contains(p.Stderr(), "udp flows active (tap): 1") || !strings.Contains(p.Stderr(), "udp flows active (splice): 0") {
 		if time.Now().After(deadline) {
 			t.Fatalf("no counters after SIGUSR1:\n%s", p.Stderr())
 		}
@@ -128,5 +129,76 @@ func TestFragmentsFromNamespace(t *testing.T) {
 				t.Fatalf("datagrams were not reassembled:\n%s", p.Stderr())
 			}
 		})
+	}
+}
+
+// replyEnv, set to a port, turns the test binary into a server that takes
+// one datagram on that port, waits for its sender to go away, answers it
+// on a connected socket and must then see ECONNREFUSED.
+const replyEnv = "GOPASST_E2E_REPLY"
+
+func replyMain() int {
+	l, err := net.ListenPacket("udp", ":"+os.Getenv(replyEnv))
+	if err != nil {
+		fmt.Println("listen:", err)
+		return 1
+	}
+	fmt.Println("ready")
+	_ = l.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, from, err := l.ReadFrom(make([]byte, 64))
+	l.Close()
+	if err != nil {
+		fmt.Println("read:", err)
+		return 1
+	}
+	time.Sleep(500 * time.Millisecond) // the sender exits meanwhile
+	lport := os.Getenv(replyEnv)
+	c, err := net.DialUDP("udp", &net.UDPAddr{Port: atoi(lport)}, from.(*net.UDPAddr))
+	if err != nil {
+		fmt.Println("dial:", err)
+		return 1
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("late answer")); err != nil {
+		fmt.Println("write:", err)
+		return 1
+	}
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Read(make([]byte, 64)); errors.Is(err, syscall.ECONNREFUSED) {
+		fmt.Println("refused")
+		return 0
+	} else {
+		fmt.Println("read:", err)
+	}
+	return 1
+}
+
+func atoi(s string) int {
+	n := 0
+	for _, c := range s {
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+// TestReplyToClosedPort: a host program sends to a forwarded port and
+// exits; the namespace's answer, on a connected socket, must come back as
+// ECONNREFUSED (the ICMP error lands on gopasst's listening socket).
+func TestReplyToClosedPort(t *testing.T) {
+	sb := sandbox.New(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, to := range []string{"127.0.0.1:10090", "[::1]:10090"} {
+		p := pasta(t, sb, []string{"--no-splice", "-u", "10090"}, "env", replyEnv+"=10090", self)
+		p.WaitLine(t, "ready", 5*time.Second)
+		if out, err := sb.Command(sb.HostNS, udptool, "send", "-to", to, "-count", "1").CombinedOutput(); err != nil {
+			t.Fatalf("send: %v %s", err, out)
+		}
+		code, err := p.Wait(20 * time.Second)
+		if code != 0 || err != nil {
+			t.Fatalf("%s: %q (exit %d)\n%s", to, p.Stdout(), code, p.Stderr())
+		}
 	}
 }

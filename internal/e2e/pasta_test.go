@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(ttlEnv) != "" {
 		os.Exit(ttlMain())
 	}
+	if os.Getenv(replyEnv) != "" {
+		os.Exit(replyMain())
+	}
 	os.Exit(runTests(m))
 }
 

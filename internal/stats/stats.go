@@ -60,6 +60,7 @@ type Counters struct {
 	FlowsCreated    atomic.Uint64 // UDP flows created
 	FlowsExpired    atomic.Uint64 // UDP flows expired
 	ActiveFlows     atomic.Int64  // UDP flows alive now
+	ActiveSplice    atomic.Int64  // of which socket to socket (splice)
 
 	Drops     [NumReasons]atomic.Uint64
 	Malformed [packet.NumDrops]atomic.Uint64
@@ -93,6 +94,8 @@ func (c *Counters) String() string {
 	line("udp flows created", c.FlowsCreated.Load())
 	line("udp flows expired", c.FlowsExpired.Load())
 	line("udp flows active", c.ActiveFlows.Load())
+	line("udp flows active (tap)", c.ActiveFlows.Load()-c.ActiveSplice.Load())
+	line("udp flows active (splice)", c.ActiveSplice.Load())
 	for r := Reason(0); r < NumReasons; r++ {
 		line("drop "+r.String(), c.Drops[r].Load())
 	}

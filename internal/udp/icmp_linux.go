@@ -52,31 +52,81 @@ type icmpState struct {
 	count   int
 }
 
-// drainErrors reads the error queue of the reply socket on side `side` of
-// flow f and tells the guest. Called from the socket loop, which owns the
-// socket.
-func (e *Engine) drainErrors(f *flow.Flow, side uint8, fd int) {
-	for range 16 {
-		n, oobn, _, _, err := unix.Recvmsg(fd, e.icmp.payload[:], e.icmp.oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+// queuedError is one entry of a socket's error queue.
+type queuedError struct {
+	ee       unix.SockExtendedErr
+	offender netip.Addr
+	dst      netip.AddrPort // where the datagram that failed was going
+	payload  []byte         // its payload, in the icmpState buffer
+}
+
+// readError reads the next ICMP error queued on fd. It returns false when
+// the queue is empty.
+func (e *Engine) readError(fd int) (queuedError, bool) {
+	for {
+		n, oobn, _, from, err := unix.Recvmsg(fd, e.icmp.payload[:], e.icmp.oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
 		if err != nil {
 			if !errors.Is(err, unix.EAGAIN) {
 				log.Debugf("UDP: error queue: %v", err)
 			}
-			return
+			return queuedError{}, false
 		}
 		ee, offender, ok := parseRecvErr(e.icmp.oob[:oobn])
 		if !ok {
 			continue
 		}
 		e.st.Drop(stats.DropSockErr)
+		q := queuedError{ee: ee, offender: offender, payload: e.icmp.payload[:min(n, len(e.icmp.payload))]}
+		switch sa := from.(type) {
+		case *unix.SockaddrInet4:
+			q.dst = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+		case *unix.SockaddrInet6:
+			q.dst = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+		}
+		return q, true
+	}
+}
+
+// drainErrors reads the error queue of the reply socket on side `side` of
+// flow f and tells the guest. Called from the socket loop, which owns the
+// socket.
+func (e *Engine) drainErrors(f *flow.Flow, side uint8, fd int) {
+	for range 16 {
+		q, ok := e.readError(fd)
+		if !ok {
+			return
+		}
 		if log.Enabled(log.LevelDebug) {
-			log.Debugf("UDP flow %s: ICMP type %d code %d from %s", f, ee.Type, ee.Code, offender)
+			log.Debugf("UDP flow %s: ICMP type %d code %d from %s", f, q.ee.Type, q.ee.Code, q.offender)
 		}
-		other := side ^ 1
-		if f.PIF[other] != flow.PIFTap {
-			continue // splice: the sender is a socket, nothing to tell
+		if other := side ^ 1; f.PIF[other] == flow.PIFTap {
+			e.icmpToGuest(&f.Side[other], &f.Side[side], q.ee, q.offender, q.payload)
 		}
-		e.icmpToGuest(&f.Side[other], &f.Side[side], ee, offender, e.icmp.payload[:min(n, len(e.icmp.payload))])
+	}
+}
+
+// listenerErrors reads the error queue of a listening socket: errors for
+// datagrams the guest sent back to host peers of the flows it started.
+// The failed datagram's destination names the flow.
+func (e *Engine) listenerErrors(l *listener) {
+	for range 16 {
+		q, ok := e.readError(l.fd)
+		if !ok {
+			return
+		}
+		key := flow.Key{PIF: l.pif, EAddr: q.dst.Addr(), EPort: q.dst.Port(), FAddr: l.addr, FPort: l.port}
+		e.mu.Lock()
+		ref, found := e.tab.Lookup(key)
+		var tapSide, hostSide flow.Side
+		if found {
+			f := e.tab.At(ref.Index)
+			found = f.PIF[ref.Side^1] == flow.PIFTap
+			tapSide, hostSide = f.Side[ref.Side^1], f.Side[ref.Side]
+		}
+		e.mu.Unlock()
+		if found {
+			e.icmpToGuest(&tapSide, &hostSide, q.ee, q.offender, q.payload)
+		}
 	}
 }
 

@@ -245,6 +245,9 @@ func (e *Engine) openListener(f Forward) error {
 	if err != nil {
 		return fmt.Errorf("UDP port %s%s: %w", netip.AddrPortFrom(f.Addr, f.Port), where, err)
 	}
+	if !f.Splice {
+		enableRecvErr(fd, f.Addr.Is4())
+	}
 	idx := int32(len(e.lst))
 	for i := range e.lst {
 		if e.lst[i].fd < 0 {
@@ -379,7 +382,11 @@ func (e *Engine) Run() error {
 				}
 				e.serveRequests()
 			case kindListener:
-				if l := &e.lst[ev.Fd]; l.fd >= 0 {
+				l := &e.lst[ev.Fd]
+				if l.fd >= 0 && ev.Events&unix.EPOLLERR != 0 {
+					e.listenerErrors(l)
+				}
+				if l.fd >= 0 && ev.Events&unix.EPOLLIN != 0 {
 					e.fromListener(l)
 				}
 			case kindReply:
@@ -619,9 +626,17 @@ func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Re
 func (e *Engine) created(idx int32, f *flow.Flow) {
 	e.st.FlowsCreated.Add(1)
 	e.st.ActiveFlows.Add(1)
+	if isSplice(f) {
+		e.st.ActiveSplice.Add(1)
+	}
 	if log.Enabled(log.LevelDebug) {
 		log.Debugf("UDP flow %d: new: %s", idx, f)
 	}
+}
+
+// isSplice reports whether f joins two sockets (pasta's loopback bypass).
+func isSplice(f *flow.Flow) bool {
+	return f.PIF[flow.Ini] == flow.PIFSplice || f.PIF[flow.Tgt] == flow.PIFSplice
 }
 
 func (e *Engine) refuse(v fwd.Verdict, dir string, ini flow.Side) {
@@ -668,6 +683,9 @@ func (e *Engine) expire(now int64) {
 		}
 		if log.Enabled(log.LevelDebug) {
 			log.Debugf("UDP flow %d: expired: %s", i, f)
+		}
+		if isSplice(f) {
+			e.st.ActiveSplice.Add(-1)
 		}
 		e.closeFlow(i, f)
 		e.st.FlowsExpired.Add(1)

@@ -26,29 +26,9 @@ func TestPcap(t *testing.T) {
 	p := pasta(t, sb, []string{"-p", file}, udptool, "send", "-to", "192.0.2.1:5900", "-from", "0.0.0.0:41900", "-count", "3", "-size", "1372", "-echo", "-connect")
 	wait(t, p, 0)
 
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := pcapgo.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.LinkType() != layers.LinkTypeEthernet {
-		t.Fatalf("link type %v", r.LinkType())
-	}
 	gw := netip.AddrPortFrom(sandbox.GatewayAddr4, 5900)
 	var out, in, arp int
-	for {
-		data, ci, err := r.ReadPacketData()
-		if err != nil {
-			break
-		}
-		if ci.CaptureLength != len(data) || ci.Length != len(data) {
-			t.Errorf("record lengths %d/%d for %d bytes", ci.CaptureLength, ci.Length, len(data))
-		}
-		pkt := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.Default)
+	for _, pkt := range readCapture(t, file) {
 		if pkt.Layer(layers.LayerTypeARP) != nil {
 			arp++
 		}
@@ -87,22 +67,9 @@ func TestFragmentsToGuest(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "capture.pcap")
 	p := pasta(t, sb, []string{"-m", "1500", "-p", file}, udptool, "send", "-to", "192.0.2.1:5952", "-size", "9000", "-count", "2", "-echo", "-connect")
 	wait(t, p, 0)
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := pcapgo.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
 	fragments := 0
-	for {
-		data, _, err := r.ReadPacketData()
-		if err != nil {
-			break
-		}
-		pkt := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.Default)
+	for _, pkt := range readCapture(t, file) {
+		data := pkt.Data()
 		ip, ok := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
 		if !ok || !net4(ip.SrcIP).Equal(sandbox.GatewayAddr4.AsSlice()) {
 			continue
@@ -120,3 +87,32 @@ func TestFragmentsToGuest(t *testing.T) {
 }
 
 func net4(b []byte) net.IP { return net.IP(b) }
+
+// readCapture reads a pcap file with gopacket's reader and decodes its
+// frames, checking the file's link type and record lengths.
+func readCapture(t *testing.T, file string) []gopacket.Packet {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := pcapgo.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.LinkType() != layers.LinkTypeEthernet {
+		t.Fatalf("link type %v", r.LinkType())
+	}
+	var pkts []gopacket.Packet
+	for {
+		data, ci, err := r.ReadPacketData()
+		if err != nil {
+			return pkts
+		}
+		if ci.CaptureLength != len(data) || ci.Length != len(data) {
+			t.Errorf("record lengths %d/%d for %d bytes", ci.CaptureLength, ci.Length, len(data))
+		}
+		pkts = append(pkts, gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.Default))
+	}
+}

@@ -105,3 +105,15 @@ func Ready() {
 		unix.Close(null)
 	}
 }
+
+// WritePID writes this process's PID to path (-P), if path is set, once
+// start-up is done. The returned function removes the file.
+func WritePID(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return nil, fmt.Errorf("PID file: %w", err)
+	}
+	return func() { os.Remove(path) }, nil
+}

@@ -485,13 +485,21 @@ func TestPasstFraming(t *testing.T) {
 	}
 }
 
-// TestPasstOneOff checks that -1 makes passt exit when the guest leaves.
+// TestPasstOneOff checks that -1 makes passt exit when the guest leaves,
+// and that -P writes the PID file and removes it at exit.
 func TestPasstOneOff(t *testing.T) {
 	sb := sandbox.New(t)
-	sock := filepath.Join(t.TempDir(), "passt.socket")
-	p := sb.Start(t, sb.HostNS, gopasst, "passt", "-f", "-1", "-s", sock)
+	dir := t.TempDir()
+	sock, pidFile := filepath.Join(dir, "passt.socket"), filepath.Join(dir, "passt.pid")
+	p := sb.Start(t, sb.HostNS, gopasst, "passt", "-f", "-1", "-s", sock, "-P", pidFile)
 	waitListening(t, p, sock)
+	if b, err := os.ReadFile(pidFile); err != nil || strings.TrimSpace(string(b)) != fmt.Sprint(p.Cmd.Process.Pid) {
+		t.Fatalf("PID file: %q %v, want %d", b, err, p.Cmd.Process.Pid)
+	}
 	g := connectGuest(t, sock)
 	g.conn.Close()
 	wait(t, p, 0)
+	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
+		t.Fatalf("PID file left behind: %v", err)
+	}
 }

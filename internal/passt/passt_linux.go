@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
 
 	"github.com/gopasst/gopasst/internal/conf"
@@ -69,16 +68,11 @@ func run(cfg *conf.Config) error {
 	}
 	defer stream.Close()
 	st := &stats.Counters{}
-	var ep tap.Endpoint = stream
-	if cfg.PcapFile != "" {
-		w, err := pcap.Create(cfg.PcapFile)
-		if err != nil {
-			return fmt.Errorf("packet capture: %w", err)
-		}
-		defer w.Close()
-		log.Infof("Saving packet capture to %s", cfg.PcapFile)
-		ep = pcap.Capture(stream, w)
+	ep, closeCapture, err := pcap.Open(stream, cfg.PcapFile)
+	if err != nil {
+		return err
 	}
+	defer closeCapture()
 	eng, err = engine.Build(ep, n, cfg, st, nil)
 	if err != nil {
 		return err
@@ -89,12 +83,11 @@ func run(cfg *conf.Config) error {
 	}
 	log.Infof("Outbound interface: %s", n.HostIfname)
 	n.Log()
-	if cfg.PIDFile != "" {
-		if err := os.WriteFile(cfg.PIDFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
-			return fmt.Errorf("PID file: %w", err)
-		}
-		defer os.Remove(cfg.PIDFile)
+	removePID, err := daemon.WritePID(cfg.PIDFile)
+	if err != nil {
+		return err
 	}
+	defer removePID()
 	if daemon.InBackground() {
 		daemon.Ready()
 	}

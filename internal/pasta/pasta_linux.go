@@ -30,7 +30,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -165,7 +164,7 @@ func run(cfg *conf.Config) (int, error) {
 		defer factory.Close()
 		nsSocket = factory.Socket
 	}
-	ep, closeCapture, err := capture(dev, cfg.PcapFile)
+	ep, closeCapture, err := pcap.Open(dev, cfg.PcapFile)
 	if err != nil {
 		return 1, err
 	}
@@ -176,12 +175,11 @@ func run(cfg *conf.Config) (int, error) {
 	}
 	log.Infof("Outbound interface: %s, namespace interface: %s, namespace: %s", orNone(n.HostIfname), n.Ifname, ns.Path())
 	n.Log()
-	if cfg.PIDFile != "" {
-		if err := os.WriteFile(cfg.PIDFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
-			return 1, fmt.Errorf("PID file: %w", err)
-		}
-		defer os.Remove(cfg.PIDFile)
+	removePID, err := daemon.WritePID(cfg.PIDFile)
+	if err != nil {
+		return 1, err
 	}
+	defer removePID()
 
 	engErr := make(chan error, 1)
 	go func() { engErr <- eng.Run() }()
@@ -214,20 +212,6 @@ func run(cfg *conf.Config) (int, error) {
 		return waitTarget(cfg, engErr, sigs)
 	}
 	return runCommand(cfg, ns, engErr, sigs)
-}
-
-// capture wraps ep to record its frames in the pcap file at path (-p),
-// if any. The returned function closes the file.
-func capture(ep tap.Endpoint, path string) (tap.Endpoint, func(), error) {
-	if path == "" {
-		return ep, func() {}, nil
-	}
-	w, err := pcap.Create(path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("packet capture: %w", err)
-	}
-	log.Infof("Saving packet capture to %s", path)
-	return pcap.Capture(ep, w), func() { _ = w.Close() }, nil
 }
 
 func orNone(s string) string {

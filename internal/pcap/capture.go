@@ -1,6 +1,11 @@
 package pcap
 
-import "github.com/gopasst/gopasst/internal/tap"
+import (
+	"fmt"
+
+	"github.com/gopasst/gopasst/internal/log"
+	"github.com/gopasst/gopasst/internal/tap"
+)
 
 // batchWriter is the optional batch method of a tap endpoint (the UDP
 // engine's udp.BatchWriter).
@@ -78,4 +83,19 @@ func (c *batchCapture) WriteFrames(frames [][]byte) (int, error) {
 		c.w.Frames(frames[:m])
 	}
 	return n, err
+}
+
+// Open wraps ep so that its frames are recorded in a pcap file created at
+// path (-p); with an empty path it returns ep unchanged. The returned
+// function closes the file, after the endpoint.
+func Open(ep tap.Endpoint, path string) (tap.Endpoint, func(), error) {
+	if path == "" {
+		return ep, func() {}, nil
+	}
+	w, err := Create(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("packet capture: %w", err)
+	}
+	log.Infof("Saving packet capture to %s", path)
+	return Capture(ep, w), func() { _ = w.Close() }, nil
 }

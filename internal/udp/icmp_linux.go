@@ -33,6 +33,19 @@ const (
 	eeOriginICMP6 = 3
 )
 
+// allow counts one ICMP error at monotonic time now (nanoseconds) and
+// reports whether it is within the rate limit.
+func (st *icmpState) allow(now int64) bool {
+	if sec := now / 1e9; sec != st.second {
+		st.second, st.count = sec, 0
+	}
+	if st.count >= maxICMPPerSecond {
+		return false
+	}
+	st.count++
+	return true
+}
+
 // enableRecvErr asks for ICMP errors in the socket's error queue.
 func enableRecvErr(fd int, v4 bool) {
 	if v4 {
@@ -175,14 +188,10 @@ func parseRecvErr(oob []byte) (unix.SockExtendedErr, netip.Addr, bool) {
 // address it sent to) an ICMP error for a datagram it sent with payload,
 // reported by offender on the host side (hostSide).
 func (e *Engine) icmpToGuest(tapSide, hostSide *flow.Side, ee unix.SockExtendedErr, offender netip.Addr, payload []byte) {
-	if now := e.clock() / 1e9; now != e.icmp.second {
-		e.icmp.second, e.icmp.count = now, 0
-	}
-	if e.icmp.count >= maxICMPPerSecond {
+	if !e.icmp.allow(e.clock()) {
 		e.st.Drop(stats.DropRateLimited)
 		return
 	}
-	e.icmp.count++
 	// Who complains, as the guest sees it: the peer it addressed, or a
 	// router on the way (the host itself standing in for its loopback).
 	src := tapSide.FAddr
@@ -207,14 +216,10 @@ func (e *Engine) icmpToGuest(tapSide, hostSide *flow.Side, ee unix.SockExtendedE
 // buffers and rate limit.
 func (e *Engine) icmpFrom(src, dst netip.Addr, quoted []byte, type4, type6 uint8) {
 	st := e.icmpTap
-	if now := e.clock() / 1e9; now != st.second {
-		st.second, st.count = now, 0
-	}
-	if st.count >= maxICMPPerSecond {
+	if !st.allow(e.clock()) {
 		e.st.Drop(stats.DropRateLimited)
 		return
 	}
-	st.count++
 	typ := type6
 	if dst.Is4() {
 		typ = type4

@@ -776,8 +776,7 @@ func (e *Engine) forward(n int) {
 			e.toSocket(i, j, d)
 			i = j
 		default:
-			e.st.Drop(stats.DropNoFlow)
-			i++
+			i++ // no flow: counted where it was refused
 		}
 	}
 	e.flush()

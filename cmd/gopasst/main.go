@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/gopasst/gopasst/internal/conf"
@@ -29,7 +30,27 @@ import (
 )
 
 func main() {
-	os.Exit(run(os.Args))
+	os.Exit(profiled(os.Args))
+}
+
+// profiled runs gopasst, writing a CPU profile to the file named by
+// $GOPASST_CPUPROFILE, if set, for "go tool pprof".
+func profiled(argv []string) int {
+	path := os.Getenv("GOPASST_CPUPROFILE")
+	if path == "" {
+		return run(argv)
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "gopasst: CPU profile: %v\n", err)
+		return 1
+	}
+	defer f.Close()
+	defer pprof.StopCPUProfile()
+	return run(argv)
 }
 
 func run(argv []string) int {

@@ -167,6 +167,9 @@ type Config struct {
 	UDPTimeout time.Duration
 	// MaxFlows, when non-zero, is --max-flows: the size of the flow table.
 	MaxFlows int
+	// NoOffload is --no-offload: the tap device moves plain frames, one
+	// datagram each, without a virtio-net header.
+	NoOffload bool
 
 	// NoNetnsQuit is --no-netns-quit.
 	NoNetnsQuit bool

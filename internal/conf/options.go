@@ -492,6 +492,9 @@ func init() {
 				p.cfg.NSMAC = mac
 				return err
 			}},
+		{long: []string{"no-offload"}, modes: inBoth,
+			help:  "gopasst: no UDP segmentation offloads",
+			apply: flag(func(c *Config) *bool { return &c.NoOffload })},
 		{long: []string{"no-splice"}, modes: inPasta,
 			help:  "Disable inbound socket splicing",
 			apply: flag(func(c *Config) *bool { return &c.NoSplice })},

@@ -493,8 +493,16 @@ func TestPasstOneOff(t *testing.T) {
 	sock, pidFile := filepath.Join(dir, "passt.socket"), filepath.Join(dir, "passt.pid")
 	p := sb.Start(t, sb.HostNS, gopasst, "passt", "-f", "-1", "-s", sock, "-P", pidFile)
 	waitListening(t, p, sock)
-	if b, err := os.ReadFile(pidFile); err != nil || strings.TrimSpace(string(b)) != fmt.Sprint(p.Cmd.Process.Pid) {
-		t.Fatalf("PID file: %q %v, want %d", b, err, p.Cmd.Process.Pid)
+	// The PID file is written once the socket listens, as the reference
+	// does: give it a moment.
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		b, err := os.ReadFile(pidFile)
+		if err == nil && strings.TrimSpace(string(b)) == fmt.Sprint(p.Cmd.Process.Pid) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("PID file: %q %v, want %d", b, err, p.Cmd.Process.Pid)
+		}
 	}
 	g := connectGuest(t, sock)
 	g.conn.Close()

@@ -36,6 +36,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(replyEnv) != "" {
 		os.Exit(replyMain())
 	}
+	if os.Getenv(gsoEnv) != "" {
+		os.Exit(gsoMain())
+	}
 	os.Exit(runTests(m))
 }
 

@@ -76,7 +76,8 @@ func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters,
 		var err error
 		e.UDP, err = udp.New(udp.Config{Rules: rules, Guest: guest, OurMAC: n.OurMAC, Tap: ep, Stats: st,
 			Forwards: forwards, Timeout: n.Timeout, StreamTimeout: n.StreamTimeout, MaxFlows: cfg.MaxFlows,
-			NSSocket: nsSocket, MTU: cfg.MTU, Router4: n.Gateway4, Router6: router6(n, e.L2.LinkLocal())})
+			NSSocket: nsSocket, MTU: cfg.MTU, Router4: n.Gateway4, Router6: router6(n, e.L2.LinkLocal()),
+			Offload: !cfg.NoOffload})
 		if err != nil {
 			return nil, err
 		}

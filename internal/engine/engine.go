@@ -41,7 +41,7 @@ import (
 const Batch = 64
 
 // MaxFrame is the largest frame read from the endpoint.
-const MaxFrame = 65536
+const MaxFrame = 1<<16 + 64
 
 // Engine ties an endpoint to the L2 responder and the UDP engine.
 type Engine struct {
@@ -144,6 +144,7 @@ func (e *Engine) readLoop() error {
 	parsed := make([]packet.Parsed, Batch)
 	udpPkts := make([]*packet.Parsed, 0, Batch)
 	reply := make([]byte, 2048)
+	seg, _ := e.EP.(tap.Segmenter)
 	for {
 		n, err := e.EP.ReadBatch(bufs, lens)
 		if err != nil {
@@ -161,6 +162,10 @@ func (e *Engine) readLoop() error {
 				continue
 			}
 			e.Guest.SeeMAC(p.Src)
+			p.GSOSize = 0
+			if seg != nil {
+				p.GSOSize = seg.SegmentSize(i)
+			}
 			if p.Fragment {
 				if whole := e.fragment(p); whole != nil {
 					e.Guest.SeeAddr(whole.Src4)

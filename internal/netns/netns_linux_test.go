@@ -80,7 +80,7 @@ var (
 func setupTap(t *testing.T) (n *NS, fd, ifindex int) {
 	t.Helper()
 	n = newNS(t)
-	fd, ifindex, err := n.CreateTap("gptap0", 65520, testMAC)
+	fd, ifindex, err := n.CreateTap("gptap0", 65520, testMAC, false)
 	if err != nil {
 		t.Fatalf("CreateTap: %v", err)
 	}
@@ -371,14 +371,14 @@ func TestCreateTapConfigure(t *testing.T) {
 func TestCreateTapErrors(t *testing.T) {
 	requireRoot(t, true)
 	n := newNS(t)
-	if _, _, err := n.CreateTap("this-name-is-too-long", 0, nil); err == nil {
+	if _, _, err := n.CreateTap("this-name-is-too-long", 0, nil, false); err == nil {
 		t.Error("accepted a 21-byte name")
 	}
-	if _, _, err := n.CreateTap("gptap0", 0, net.HardwareAddr{1, 2, 3}); err == nil {
+	if _, _, err := n.CreateTap("gptap0", 0, net.HardwareAddr{1, 2, 3}, false); err == nil {
 		t.Error("accepted a 3-byte MAC")
 	}
 	// Kernel-chosen name, kernel-chosen MAC.
-	fd, idx, err := n.CreateTap("", 0, nil)
+	fd, idx, err := n.CreateTap("", 0, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +405,7 @@ func TestCreateTapErrors(t *testing.T) {
 func TestConfigureOnlinkAndLinkLocalGateway(t *testing.T) {
 	requireRoot(t, true)
 	n := newNS(t)
-	fd, ifindex, err := n.CreateTap("gptap1", 0, nil)
+	fd, ifindex, err := n.CreateTap("gptap1", 0, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}

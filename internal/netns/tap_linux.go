@@ -22,7 +22,10 @@ const TunDevice = "/dev/net/tun"
 // namespace. Closing the descriptor removes the interface, as does the
 // namespace going away. name must be at most IFNAMSIZ-1 (15) bytes; if empty,
 // the kernel picks a "tapN" name. The link is left down: see Configure.
-func (n *NS) CreateTap(name string, mtu int, mac net.HardwareAddr) (fd int, ifindex int, err error) {
+//
+// With vnet, the device is opened with IFF_VNET_HDR: every frame carries a
+// virtio-net header (see tap.NewVnetDevice).
+func (n *NS) CreateTap(name string, mtu int, mac net.HardwareAddr, vnet bool) (fd int, ifindex int, err error) {
 	if len(name) > unix.IFNAMSIZ-1 {
 		return -1, 0, fmt.Errorf("netns: interface name %q longer than %d bytes", name, unix.IFNAMSIZ-1)
 	}
@@ -41,7 +44,11 @@ func (n *NS) CreateTap(name string, mtu int, mac net.HardwareAddr) (fd int, ifin
 			unix.Close(tfd)
 			return err
 		}
-		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+		flags := uint16(unix.IFF_TAP | unix.IFF_NO_PI)
+		if vnet {
+			flags |= unix.IFF_VNET_HDR
+		}
+		ifr.SetUint16(flags)
 		if err := unix.IoctlIfreq(tfd, unix.TUNSETIFF, ifr); err != nil {
 			unix.Close(tfd)
 			return fmt.Errorf("TUNSETIFF %q: %w", name, err)

@@ -106,6 +106,11 @@ type Parsed struct {
 	// For UDP:
 	SrcPort, DstPort uint16
 	Payload          []byte
+
+	// GSOSize is not set by Parse: the reader of a tap with UDP
+	// segmentation offload sets it for a segmented frame, whose Payload
+	// holds many datagrams of GSOSize bytes (the last may be shorter).
+	GSOSize int
 }
 
 // Parse decodes the Ethernet, IP and (when present) UDP headers of frame
@@ -266,6 +271,18 @@ func PutEthernet(b []byte, dst, src MAC, etherType uint16) {
 // of plen bytes that already sits at b[IPv4Len+UDPLen:], with both checksums.
 // It returns the length of the IPv4 datagram.
 func PutUDP4(b []byte, src, dst netip.Addr, sport, dport uint16, plen int) int {
+	return putUDP4(b, src, dst, sport, dport, plen, false)
+}
+
+// PutUDP4Partial is PutUDP4 for a frame whose UDP checksum the receiving
+// kernel completes (a segmented frame on a tap with offloads): the UDP
+// checksum field holds the pseudo-header sum only, as the Linux
+// CHECKSUM_PARTIAL convention wants, and the payload is not read.
+func PutUDP4Partial(b []byte, src, dst netip.Addr, sport, dport uint16, plen int) int {
+	return putUDP4(b, src, dst, sport, dport, plen, true)
+}
+
+func putUDP4(b []byte, src, dst netip.Addr, sport, dport uint16, plen int, partial bool) int {
 	total := IPv4Len + UDPLen + plen
 	h := b[:IPv4Len]
 	h[0] = 0x45
@@ -281,10 +298,16 @@ func PutUDP4(b []byte, src, dst netip.Addr, sport, dport uint16, plen int) int {
 	copy(h[16:20], d4[:])
 	binary.BigEndian.PutUint16(h[10:12], Fold(Sum(h, 0)))
 
-	u := b[IPv4Len:total]
 	ulen := UDPLen + plen
-	putUDPHeader(u, sport, dport, ulen)
 	sum := PseudoSum4(s4, d4, ProtoUDP, ulen)
+	if partial {
+		u := b[IPv4Len : IPv4Len+UDPLen]
+		putUDPHeader(u, sport, dport, ulen)
+		binary.BigEndian.PutUint16(u[6:8], ^Fold(sum))
+		return total
+	}
+	u := b[IPv4Len:total]
+	putUDPHeader(u, sport, dport, ulen)
 	binary.BigEndian.PutUint16(u[6:8], udpChecksum(Sum(u, sum)))
 	return total
 }
@@ -293,6 +316,16 @@ func PutUDP4(b []byte, src, dst netip.Addr, sport, dport uint16, plen int) int {
 // of plen bytes that already sits at b[IPv6Len+UDPLen:], with the UDP
 // checksum. It returns the length of the IPv6 packet.
 func PutUDP6(b []byte, src, dst netip.Addr, sport, dport uint16, plen int) int {
+	return putUDP6(b, src, dst, sport, dport, plen, false)
+}
+
+// PutUDP6Partial is PutUDP6 with the UDP checksum left for the receiving
+// kernel to complete, as PutUDP4Partial.
+func PutUDP6Partial(b []byte, src, dst netip.Addr, sport, dport uint16, plen int) int {
+	return putUDP6(b, src, dst, sport, dport, plen, true)
+}
+
+func putUDP6(b []byte, src, dst netip.Addr, sport, dport uint16, plen int, partial bool) int {
 	ulen := UDPLen + plen
 	h := b[:IPv6Len]
 	binary.BigEndian.PutUint32(h[0:4], 6<<28)
@@ -303,9 +336,15 @@ func PutUDP6(b []byte, src, dst netip.Addr, sport, dport uint16, plen int) int {
 	copy(h[8:24], s16[:])
 	copy(h[24:40], d16[:])
 
+	sum := PseudoSum6(s16, d16, ProtoUDP, ulen)
+	if partial {
+		u := b[IPv6Len : IPv6Len+UDPLen]
+		putUDPHeader(u, sport, dport, ulen)
+		binary.BigEndian.PutUint16(u[6:8], ^Fold(sum))
+		return IPv6Len + ulen
+	}
 	u := b[IPv6Len : IPv6Len+ulen]
 	putUDPHeader(u, sport, dport, ulen)
-	sum := PseudoSum6(s16, d16, ProtoUDP, ulen)
 	binary.BigEndian.PutUint16(u[6:8], udpChecksum(Sum(u, sum)))
 	return IPv6Len + ulen
 }

@@ -133,7 +133,10 @@ func run(cfg *conf.Config) (int, error) {
 	}
 	defer ns.Close()
 
-	tapfd, _, err := ns.CreateTap(n.Ifname, n.MTU, cfg.NSMAC)
+	// Offloads need the virtio-net header; a capture wants frames as
+	// the guest sees them, one datagram each.
+	offload := !cfg.NoOffload && cfg.PcapFile == ""
+	tapfd, _, err := ns.CreateTap(n.Ifname, n.MTU, cfg.NSMAC, offload)
 	if err != nil {
 		return 1, fmt.Errorf("tap device %s: %w", n.Ifname, err)
 	}
@@ -150,9 +153,17 @@ func run(cfg *conf.Config) (int, error) {
 		return 1, fmt.Errorf("configuring namespace: %w", err)
 	}
 
-	dev, err := tap.NewDevice(tapfd)
+	var dev *tap.Device
+	if offload {
+		dev, err = tap.NewVnetDevice(tapfd, true)
+	} else {
+		dev, err = tap.NewDevice(tapfd)
+	}
 	if err != nil {
 		return 1, err
+	}
+	if offload && !dev.Offloads() {
+		log.Debugf("tap: the kernel refused UDP segmentation offload: plain frames")
 	}
 	st := &stats.Counters{}
 	var nsSocket udp.SocketFunc

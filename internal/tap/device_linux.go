@@ -12,6 +12,18 @@ type Device struct {
 	fd   int
 	wake int
 	once sync.Once
+
+	// With a virtio-net header (NewVnetDevice): vnet is set, uso when
+	// the kernel took the offloads. The reader's headers, iovecs and the
+	// segment sizes of its last batch belong to the reading goroutine;
+	// writes share whdr and wiov under wmu.
+	vnet, uso bool
+	rhdr      [][VnetHdrLen]byte
+	riov      [2]unix.Iovec
+	gso       []uint16
+	wmu       sync.Mutex
+	whdr      [VnetHdrLen]byte
+	wiov      [MaxSegments + 1]unix.Iovec
 }
 
 // NewDevice wraps the non-blocking file descriptor of an attached tap
@@ -33,7 +45,7 @@ func (d *Device) ReadBatch(bufs [][]byte, lens []int) (int, error) {
 	for {
 		n := 0
 		for n < len(bufs) {
-			r, err := unix.Read(d.fd, bufs[n])
+			r, err := d.read(n, bufs[n])
 			if err != nil {
 				if errors.Is(err, unix.EINTR) {
 					continue
@@ -61,8 +73,33 @@ func (d *Device) ReadBatch(bufs [][]byte, lens []int) (int, error) {
 	}
 }
 
+// read reads frame n of a batch into buf.
+func (d *Device) read(n int, buf []byte) (int, error) {
+	if !d.vnet {
+		return unix.Read(d.fd, buf)
+	}
+	for len(d.rhdr) <= n {
+		d.rhdr = append(d.rhdr, [VnetHdrLen]byte{})
+		d.gso = append(d.gso, 0)
+	}
+	r, err := d.readVnet(&d.rhdr[n], buf)
+	if err != nil {
+		return 0, err
+	}
+	var h vnetHdr
+	h.decode(d.rhdr[n][:])
+	d.gso[n] = 0
+	if h.gsoType&0x7f == vnetGSOUDPL4 {
+		d.gso[n] = h.gsoSize
+	}
+	return r, nil
+}
+
 // WriteFrame implements Endpoint.
 func (d *Device) WriteFrame(frame []byte) error {
+	if d.vnet {
+		return d.writeVnet(frame)
+	}
 	for {
 		_, err := unix.Write(d.fd, frame)
 		if errors.Is(err, unix.EINTR) {

@@ -30,6 +30,13 @@ type BatchWriter interface {
 	WriteFrames(frames [][]byte) (int, error)
 }
 
+// SegmentWriter is a FrameWriter that can also send a segmented frame: many
+// datagrams of one flow in one frame, cut apart by the guest's kernel (see
+// tap.Segmenter). It reports false when it cannot, having sent nothing.
+type SegmentWriter interface {
+	WriteSegmented(frame []byte, hdrLen, segSize int, more [][]byte) (bool, error)
+}
+
 // Forward is one forwarded host port: a listening socket on Addr:Port
 // (Addr unspecified for any address of its family), optionally bound to a
 // device, whose datagrams go to the guest's port ToPort.
@@ -65,6 +72,10 @@ type Config struct {
 	// Router4 and Router6 are the guest's gateway addresses: datagrams
 	// whose TTL runs out here are answered with time-exceeded from them.
 	Router4, Router6 netip.Addr
+	// Offload sends runs of equal-size datagrams of a flow as one
+	// UDP_SEGMENT message; if Tap is also a SegmentWriter, sockets
+	// receive with UDP_GRO and runs reach the guest as segmented frames.
+	Offload bool
 }
 
 // Batch is the most datagrams moved by one recvmmsg or sendmmsg.
@@ -108,8 +119,16 @@ type rxBatch struct {
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet6
 	msgs  []unix.Mmsghdr
+	ctl   []byte // groCmsgSpace bytes per message, for UDP_GRO
+	seg   []int  // segment size of a buffer received whole (UDP_GRO), else 0
 	dst   []dest
 	out   [][]byte // frames built from this batch, to be written
+	more  [][]byte // payloads after the first of a segmented frame
+}
+
+// payload returns the datagram (or run of datagrams) in buffer i.
+func (b *rxBatch) payload(i int) []byte {
+	return b.bufs[i][packet.MaxHeadroom : packet.MaxHeadroom+int(b.msgs[i].Len)]
 }
 
 // Where a received datagram goes (dest.kind).
@@ -128,22 +147,6 @@ type dest struct {
 	side      flow.Side // the side the datagram goes to
 }
 
-// sxBatch holds the message headers for sending received payloads on to
-// another socket.
-type sxBatch struct {
-	iovs []unix.Iovec
-	name unix.RawSockaddrInet6
-	msgs []unix.Mmsghdr
-}
-
-// txBatch holds the message headers of the tap path; iovecs point into
-// the frames being forwarded.
-type txBatch struct {
-	iovs []unix.Iovec
-	name unix.RawSockaddrInet6
-	msgs []unix.Mmsghdr
-}
-
 // Engine is the UDP translation: it owns the flow table, the listening and
 // reply sockets and the epoll loop over them.
 type Engine struct {
@@ -155,8 +158,13 @@ type Engine struct {
 	wake int
 	lst  []listener
 	rx   rxBatch
-	tx   txBatch
-	sx   sxBatch
+	// tx sends the guest's datagrams (tap reader), sx what the socket
+	// loop forwards socket to socket.
+	tx, sx *segBatch
+	// seg writes segmented frames to the guest (nil if the endpoint
+	// cannot), gro says host and namespace sockets receive with UDP_GRO.
+	seg SegmentWriter
+	gro bool
 	// icmp serves the socket loop's error path, icmpTap the tap reader's
 	// (Expired).
 	icmp, icmpTap *icmpState
@@ -164,7 +172,9 @@ type Engine struct {
 	// their identification counter.
 	frag   []byte
 	fragID uint16
-	clock  func() int64
+	// split is the scratch buffer of splitToTap.
+	split []byte
+	clock func() int64
 
 	// Listening sockets are opened and closed by the socket loop only,
 	// on request (AddForward, RemoveForward).
@@ -194,6 +204,10 @@ func New(cfg Config) (*Engine, error) {
 		e.Close()
 		return nil, err
 	}
+	if sw, ok := cfg.Tap.(SegmentWriter); ok && cfg.Offload {
+		e.seg = sw
+		e.gro = true
+	}
 	for _, f := range cfg.Forwards {
 		if err := e.openListener(f); err != nil {
 			e.Close()
@@ -202,8 +216,7 @@ func New(cfg Config) (*Engine, error) {
 		}
 	}
 	e.rx = newRxBatch()
-	e.tx = txBatch{iovs: make([]unix.Iovec, Batch), msgs: make([]unix.Mmsghdr, Batch)}
-	e.sx = sxBatch{iovs: make([]unix.Iovec, Batch), msgs: make([]unix.Mmsghdr, Batch)}
+	e.tx, e.sx = newSegBatch(), newSegBatch()
 	return e, nil
 }
 
@@ -213,8 +226,11 @@ func newRxBatch() rxBatch {
 		iovs:  make([]unix.Iovec, Batch),
 		names: make([]unix.RawSockaddrInet6, Batch),
 		msgs:  make([]unix.Mmsghdr, Batch),
+		ctl:   make([]byte, Batch*groCmsgSpace),
+		seg:   make([]int, Batch),
 		dst:   make([]dest, Batch),
 		out:   make([][]byte, 0, Batch),
+		more:  make([][]byte, 0, Batch),
 	}
 	for i := range b.bufs {
 		b.bufs[i] = make([]byte, bufSize)
@@ -247,6 +263,9 @@ func (e *Engine) openListener(f Forward) error {
 	}
 	if !f.Splice {
 		enableRecvErr(fd, f.Addr.Is4())
+	}
+	if e.gro {
+		enableGRO(fd)
 	}
 	idx := int32(len(e.lst))
 	for i := range e.lst {
@@ -464,47 +483,25 @@ func (e *Engine) tapGroup(g []*packet.Parsed, now int64) {
 		e.st.Drops[stats.DropNoFlow].Add(uint64(len(g)))
 		return
 	}
-	var name *byte
-	var namelen uint32
-	if !f.Connected[to] {
-		s := &f.Side[to]
-		namelen = putSockaddr(&e.tx.name, netip.AddrPortFrom(s.EAddr, s.EPort))
-		name = (*byte)(unsafe.Pointer(&e.tx.name))
+	b := e.tx
+	b.reset()
+	for _, q := range g {
+		b.add(q.Payload, q.GSOSize, e.cfg.Offload)
 	}
-	var bytes uint64
-	for k, q := range g {
-		m := &e.tx.msgs[k].Hdr
-		m.Name, m.Namelen = name, namelen
-		if len(q.Payload) > 0 {
-			e.tx.iovs[k].Base = &q.Payload[0]
-			e.tx.iovs[k].SetLen(len(q.Payload))
-			m.Iov, m.Iovlen = &e.tx.iovs[k], 1
-		} else {
-			m.Iov, m.Iovlen = nil, 0
+	b.finish(b.dest(&f.Side[to], f.Connected[to]))
+	sent, bytes, err := b.send(f.Sock[to])
+	total := 0
+	for m := 0; m < b.n; m++ {
+		total += b.count[m]
+	}
+	if sent < total {
+		e.st.Drops[stats.DropSockErr].Add(uint64(total - sent))
+		if log.Enabled(log.LevelDebug) {
+			log.Debugf("UDP flow %d: send to %s: %d of %d datagrams dropped: %v", ref.Index, f.PIF[to], total-sent, total, err)
 		}
-		bytes += uint64(len(q.Payload))
 	}
-	fd := f.Sock[to]
-	msgs := e.tx.msgs[:len(g)]
-	for len(msgs) > 0 {
-		n, err := sendmmsg(fd, msgs)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			// The first datagram was refused (a pending ICMP error,
-			// a full buffer): drop it and go on with the rest.
-			if log.Enabled(log.LevelDebug) {
-				log.Debugf("UDP flow %d: send to %s: %v", ref.Index, f.PIF[to], err)
-			}
-			e.st.Drop(stats.DropSockErr)
-			bytes -= uint64(e.tx.iovs[len(g)-len(msgs)].Len)
-			n = 1
-		}
-		msgs = msgs[n:]
-	}
-	e.st.UDPToHost.Add(uint64(len(g)))
-	e.st.UDPToHostBytes.Add(bytes)
+	e.st.UDPToHost.Add(uint64(sent))
+	e.st.UDPToHostBytes.Add(uint64(bytes))
 }
 
 // newFromTap creates a flow for a datagram the guest sent, with a reply
@@ -530,6 +527,9 @@ func (e *Engine) newFromTap(ini flow.Side, now int64) flow.Ref {
 		return flow.NoRef
 	}
 	enableRecvErr(fd, tgt.EAddr.Is4())
+	if e.gro {
+		enableGRO(fd)
+	}
 	tgt.FPort = port
 	f.PIF = [2]flow.PIF{flow.PIFTap, flow.PIFHost}
 	f.Side = [2]flow.Side{ini, tgt}
@@ -600,6 +600,9 @@ func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Re
 			e.st.Drop(stats.DropSockErr)
 			log.Debugf("UDP: no %s socket for flow %s: %v", tgtPIF, ini, err)
 			return flow.NoRef
+		}
+		if e.gro {
+			enableGRO(fd)
 		}
 		f.Side[flow.Tgt].FPort = port
 		f.Sock[flow.Tgt], f.Connected[flow.Tgt] = fd, true
@@ -696,11 +699,22 @@ func (e *Engine) expire(now int64) {
 // receive reads up to Batch datagrams from fd into the rx buffers.
 func (e *Engine) receive(fd int) int {
 	for i := range e.rx.msgs {
-		e.rx.msgs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+		h := &e.rx.msgs[i].Hdr
+		h.Namelen = unix.SizeofSockaddrInet6
+		if e.gro {
+			h.Control = &e.rx.ctl[i*groCmsgSpace]
+			h.SetControllen(groCmsgSpace)
+		}
 	}
 	for {
 		n, err := recvmmsg(fd, e.rx.msgs)
 		if err == nil {
+			for i := 0; i < n; i++ {
+				e.rx.seg[i] = 0
+				if e.gro {
+					e.rx.seg[i] = groSize(&e.rx.msgs[i].Hdr)
+				}
+			}
 			return n
 		}
 		if errors.Is(err, unix.EINTR) {
@@ -766,8 +780,21 @@ func (e *Engine) forward(n int) {
 		d := &e.rx.dst[i]
 		switch d.kind {
 		case toTap:
-			e.toTap(i, int(e.rx.msgs[i].Len), &d.side, mac)
-			i++
+			j := i + 1
+			if e.seg != nil {
+				j = e.tapRun(i, n)
+				if (j-i > 1 || e.rx.seg[i] > 0) && e.toTapSegmented(i, j, &d.side, mac) {
+					i = j
+					continue
+				}
+			}
+			for ; i < j; i++ {
+				if e.rx.seg[i] > 0 {
+					e.splitToTap(i, &d.side, mac)
+					continue
+				}
+				e.toTap(e.rx.bufs[i], int(e.rx.msgs[i].Len), &d.side, mac)
+			}
 		case toSocket:
 			j := i + 1
 			for j < n && e.rx.dst[j].kind == toSocket && e.rx.dst[j].flow == d.flow {
@@ -784,40 +811,22 @@ func (e *Engine) forward(n int) {
 
 // toSocket sends the payloads in rx buffers i to j-1 through d's socket.
 func (e *Engine) toSocket(i, j int, d *dest) {
-	var name *byte
-	var namelen uint32
-	if !d.connected {
-		namelen = putSockaddr(&e.sx.name, netip.AddrPortFrom(d.side.EAddr, d.side.EPort))
-		name = (*byte)(unsafe.Pointer(&e.sx.name))
-	}
-	var bytes uint64
+	b := e.sx
+	b.reset()
 	for k := i; k < j; k++ {
-		m := &e.sx.msgs[k-i].Hdr
-		l := int(e.rx.msgs[k].Len)
-		e.sx.iovs[k-i].Base = &e.rx.bufs[k][packet.MaxHeadroom]
-		e.sx.iovs[k-i].SetLen(l)
-		m.Iov, m.Iovlen = &e.sx.iovs[k-i], 1
-		m.Name, m.Namelen = name, namelen
-		bytes += uint64(l)
+		b.add(e.rx.payload(k), e.rx.seg[k], e.cfg.Offload)
 	}
-	msgs := e.sx.msgs[:j-i]
-	sent := 0
-	for len(msgs) > 0 {
-		n, err := sendmmsg(d.fd, msgs)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			e.st.Drop(stats.DropSockErr)
-			bytes -= uint64(e.sx.iovs[j-i-len(msgs)].Len)
-			n = 1
-		} else {
-			sent += n
-		}
-		msgs = msgs[n:]
+	b.finish(b.dest(&d.side, d.connected))
+	sent, bytes, _ := b.send(d.fd)
+	total := 0
+	for m := 0; m < b.n; m++ {
+		total += b.count[m]
+	}
+	if sent < total {
+		e.st.Drops[stats.DropSockErr].Add(uint64(total - sent))
 	}
 	e.st.UDPSpliced.Add(uint64(sent))
-	e.st.UDPSplicedBytes.Add(bytes)
+	e.st.UDPSplicedBytes.Add(uint64(bytes))
 }
 
 // fromReply forwards what the reply socket of side `side` of flow idx
@@ -853,10 +862,9 @@ func (e *Engine) fromReply(idx int32, side uint8, gen uint32, events uint32) {
 	e.forward(n)
 }
 
-// toTap builds headers in front of the payload in rx buffer i and queues
-// the frame for flush.
-func (e *Engine) toTap(i, plen int, to *flow.Side, mac packet.MAC) {
-	buf := e.rx.bufs[i]
+// toTap builds headers in front of the payload of plen bytes at
+// buf[packet.MaxHeadroom:] and queues the frame for flush.
+func (e *Engine) toTap(buf []byte, plen int, to *flow.Side, mac packet.MAC) {
 	var start int
 	if to.EAddr.Is4() {
 		if plen > packet.MaxUDPPayload {
@@ -876,6 +884,104 @@ func (e *Engine) toTap(i, plen int, to *flow.Side, mac packet.MAC) {
 		return
 	}
 	e.rx.out = append(e.rx.out, frame)
+}
+
+// tapRun returns the end of the run of datagrams from rx buffer i to n-1
+// that can reach the guest as one segmented frame: the same flow, the same
+// size but for a shorter last one, within the limits of one frame, each
+// segment within the guest's MTU.
+func (e *Engine) tapRun(i, n int) int {
+	size := int(e.rx.msgs[i].Len)
+	if e.rx.seg[i] > 0 || size == 0 {
+		return i + 1
+	}
+	hdrs, limit := packet.IPv6Len+packet.UDPLen, 65535-packet.UDPLen
+	if e.rx.dst[i].side.EAddr.Is4() {
+		hdrs, limit = packet.IPv4Len+packet.UDPLen, packet.MaxUDPPayload
+	}
+	if e.cfg.MTU > 0 && size+hdrs > e.cfg.MTU {
+		return i + 1
+	}
+	total, j := size, i+1
+	for j < n && j-i < maxSegments {
+		d := &e.rx.dst[j]
+		l := int(e.rx.msgs[j].Len)
+		if d.kind != toTap || d.flow != e.rx.dst[i].flow || e.rx.seg[j] > 0 || l == 0 || l > size || total+l > limit {
+			break
+		}
+		total += l
+		j++
+		if l < size {
+			break
+		}
+	}
+	return j
+}
+
+// toTapSegmented sends rx buffers i to j-1 (a run found by tapRun, or one
+// buffer received whole with UDP_GRO) to the guest as one segmented
+// frame. It reports false, having sent nothing, if the endpoint cannot.
+func (e *Engine) toTapSegmented(i, j int, to *flow.Side, mac packet.MAC) bool {
+	buf := e.rx.bufs[i]
+	first := int(e.rx.msgs[i].Len)
+	seg, count, plen := first, j-i, first
+	if e.rx.seg[i] > 0 {
+		seg = e.rx.seg[i]
+		count = (first + seg - 1) / seg
+		hdrs := packet.IPv6Len + packet.UDPLen
+		if to.EAddr.Is4() {
+			hdrs = packet.IPv4Len + packet.UDPLen
+		}
+		if e.cfg.MTU > 0 && seg+hdrs > e.cfg.MTU {
+			return false
+		}
+	}
+	more := e.rx.more[:0]
+	for k := i + 1; k < j; k++ {
+		p := e.rx.payload(k)
+		more = append(more, p)
+		plen += len(p)
+	}
+	var start int
+	if to.EAddr.Is4() {
+		start = packet.MaxHeadroom - packet.UDPLen - packet.IPv4Len - packet.EthLen
+		packet.PutUDP4Partial(buf[start+packet.EthLen:], to.FAddr, to.EAddr, to.FPort, to.EPort, plen)
+		packet.PutEthernet(buf[start:], mac, e.cfg.OurMAC, packet.EtherTypeIPv4)
+	} else {
+		packet.PutUDP6Partial(buf[packet.EthLen:], to.FAddr, to.EAddr, to.FPort, to.EPort, plen)
+		packet.PutEthernet(buf, mac, e.cfg.OurMAC, packet.EtherTypeIPv6)
+	}
+	e.flush() // frames queued before go first
+	ok, err := e.seg.WriteSegmented(buf[start:packet.MaxHeadroom+first], packet.MaxHeadroom-start, seg, more)
+	if !ok {
+		return false
+	}
+	if err != nil {
+		e.st.Drops[stats.DropTapWrite].Add(uint64(count))
+		if log.Enabled(log.LevelDebug) {
+			log.Debugf("UDP: tap write: segmented frame of %d datagrams dropped: %v", count, err)
+		}
+		return true
+	}
+	e.st.UDPToTap.Add(uint64(count))
+	e.st.UDPToTapBytes.Add(uint64(plen))
+	e.st.TapTxFrames.Add(1)
+	return true
+}
+
+// splitToTap sends the datagrams of rx buffer i, received whole with
+// UDP_GRO, to the guest one frame each, when they cannot go as one.
+func (e *Engine) splitToTap(i int, to *flow.Side, mac packet.MAC) {
+	if e.split == nil {
+		e.split = make([]byte, bufSize)
+	}
+	p, seg := e.rx.payload(i), e.rx.seg[i]
+	for off := 0; off < len(p); off += seg {
+		end := min(off+seg, len(p))
+		copy(e.split[packet.MaxHeadroom:], p[off:end])
+		e.toTap(e.split, end-off, to, mac)
+		e.flush() // the scratch buffer is reused
+	}
 }
 
 // fragmentToTap sends an IPv4 frame larger than the guest's MTU as

@@ -1,0 +1,166 @@
+package tap
+
+import (
+	"encoding/binary"
+	"errors"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// VnetHdrLen is the size of the virtio-net header (struct virtio_net_hdr)
+// in front of every frame on a tap opened with IFF_VNET_HDR.
+const VnetHdrLen = 10
+
+// Fields of the virtio-net header.
+const (
+	vnetNeedsCsum = 1 // flags: the checksum at CsumStart+CsumOffset is partial
+	vnetGSONone   = 0 // gso_type: one packet
+	vnetGSOUDPL4  = 5 // gso_type: UDP segmentation offload (USO)
+)
+
+// MaxSegments is the most datagrams one segmented frame may carry, the
+// kernel's limit for UDP segmentation (UDP_MAX_SEGMENTS in older kernels).
+const MaxSegments = 64
+
+// Segmenter is an endpoint that carries segmented UDP frames: one frame
+// holding many datagrams of one flow, all of one size but the last, which
+// the kernel on the other side cuts apart (UDP segmentation offload).
+type Segmenter interface {
+	// SegmentSize returns the segment size of frame i of the last
+	// ReadBatch, 0 for a frame holding one datagram.
+	SegmentSize(i int) int
+	// WriteSegmented sends a segmented frame: frame holds the Ethernet,
+	// IP and UDP headers (hdrLen bytes, with the lengths of the whole
+	// and a partial UDP checksum) and the first payload, more the
+	// payloads that follow; every segment but the last has segSize
+	// bytes. It reports false, sending nothing, when the endpoint does
+	// not segment.
+	WriteSegmented(frame []byte, hdrLen, segSize int, more [][]byte) (bool, error)
+}
+
+// vnetHdr is a decoded virtio-net header.
+type vnetHdr struct {
+	flags, gsoType                         uint8
+	hdrLen, gsoSize, csumStart, csumOffset uint16
+}
+
+// The header's 16-bit fields are in the host's byte order (legacy
+// virtio-net, as tun uses without TUNSETVNETLE/BE).
+func (h *vnetHdr) decode(b []byte) {
+	h.flags, h.gsoType = b[0], b[1]
+	h.hdrLen = binary.NativeEndian.Uint16(b[2:])
+	h.gsoSize = binary.NativeEndian.Uint16(b[4:])
+	h.csumStart = binary.NativeEndian.Uint16(b[6:])
+	h.csumOffset = binary.NativeEndian.Uint16(b[8:])
+}
+
+func (h *vnetHdr) encode(b []byte) {
+	b[0], b[1] = h.flags, h.gsoType
+	binary.NativeEndian.PutUint16(b[2:], h.hdrLen)
+	binary.NativeEndian.PutUint16(b[4:], h.gsoSize)
+	binary.NativeEndian.PutUint16(b[6:], h.csumStart)
+	binary.NativeEndian.PutUint16(b[8:], h.csumOffset)
+}
+
+// NewVnetDevice wraps the descriptor of a tap opened with IFF_VNET_HDR.
+// With offload, it asks the kernel for checksum and UDP segmentation
+// offloads (TUN_F_CSUM|TUN_F_USO4|TUN_F_USO6); a kernel that refuses them
+// (before Linux 6.2) leaves a device that moves plain frames, as does
+// offload false. The Device owns fd from now on.
+func NewVnetDevice(fd int, offload bool) (*Device, error) {
+	d, err := NewDevice(fd)
+	if err != nil {
+		return nil, err
+	}
+	d.vnet = true
+	if offload {
+		err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_USO4|unix.TUN_F_USO6)
+		d.uso = err == nil
+	}
+	if !d.uso {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// Offloads reports whether the device carries segmented frames.
+func (d *Device) Offloads() bool { return d.uso }
+
+// SegmentSize implements Segmenter.
+func (d *Device) SegmentSize(i int) int {
+	if !d.uso || i >= len(d.gso) {
+		return 0
+	}
+	return int(d.gso[i])
+}
+
+// readVnet reads one frame and its header into hdr and buf.
+func (d *Device) readVnet(hdr *[VnetHdrLen]byte, buf []byte) (int, error) {
+	d.riov[0].Base = &hdr[0]
+	d.riov[0].SetLen(VnetHdrLen)
+	d.riov[1].Base = &buf[0]
+	d.riov[1].SetLen(len(buf))
+	n, _, e := unix.Syscall(unix.SYS_READV, uintptr(d.fd), uintptr(unsafe.Pointer(&d.riov[0])), 2)
+	if e != 0 {
+		return 0, e
+	}
+	if int(n) < VnetHdrLen {
+		return 0, errors.New("tap: short read of virtio-net header")
+	}
+	return int(n) - VnetHdrLen, nil
+}
+
+// writev writes the iovecs prepared in d.wiov[:n]; called with wmu held.
+func (d *Device) writev(n int) error {
+	for {
+		_, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(d.fd), uintptr(unsafe.Pointer(&d.wiov[0])), uintptr(n))
+		switch e {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		}
+		return e
+	}
+}
+
+// writeVnet sends a plain frame behind an all-zero header.
+func (d *Device) writeVnet(frame []byte) error {
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	d.whdr = [VnetHdrLen]byte{}
+	d.wiov[0].Base = &d.whdr[0]
+	d.wiov[0].SetLen(VnetHdrLen)
+	d.wiov[1].Base = &frame[0]
+	d.wiov[1].SetLen(len(frame))
+	return d.writev(2)
+}
+
+// WriteSegmented implements Segmenter.
+func (d *Device) WriteSegmented(frame []byte, hdrLen, segSize int, more [][]byte) (bool, error) {
+	if !d.uso || len(more)+1 > MaxSegments {
+		return false, nil
+	}
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	h := vnetHdr{flags: vnetNeedsCsum, gsoType: vnetGSOUDPL4, hdrLen: uint16(hdrLen), gsoSize: uint16(segSize),
+		csumStart: uint16(hdrLen - 8), csumOffset: 6}
+	h.encode(d.whdr[:])
+	d.wiov[0].Base = &d.whdr[0]
+	d.wiov[0].SetLen(VnetHdrLen)
+	d.wiov[1].Base = &frame[0]
+	d.wiov[1].SetLen(len(frame))
+	n := 2
+	for _, p := range more {
+		if len(p) == 0 {
+			continue
+		}
+		d.wiov[n].Base = &p[0]
+		d.wiov[n].SetLen(len(p))
+		n++
+	}
+	return true, d.writev(n)
+}

@@ -85,9 +85,12 @@
 //     CPU time over -dur divided by the datagrams that arrived. Both
 //     translators open a host socket per flow; the open-file limit is
 //     raised for that (as far as the hard limit allows).
-//   - Peak RSS: VmHWM of the translator's processes, summed: right after
-//     start (idle), after each goodput trial (the largest of a repetition
-//     is reported) and after each flows trial.
+//   - Peak RSS: VmHWM of the translator's processes, summed (for gopasst
+//     its waiting parent too): idle, once started and the namespace has
+//     resolved its gateways (the reference touches most of its buffers
+//     with the first packets: about 14 MiB before, 30 MiB after); after
+//     each goodput trial (the largest of a repetition is reported); after
+//     each flows trial.
 //
 // # Method
 //

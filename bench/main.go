@@ -341,7 +341,7 @@ func (b *Bench) trial(ctx context.Context, s Scenario, tr *Translator, rep int) 
 		return t
 	}
 	defer in.Stop()
-	t.add(secRSS, "Peak RSS, idle (after start)", "MiB ↓", in.RSS())
+	t.add(secRSS, "Peak RSS, idle (started, gateways resolved)", "MiB ↓", in.RSS())
 	if err := s.Run(ctx, b, in, &t); err != nil {
 		t.Err = err.Error()
 		t.Metrics = nil

@@ -28,8 +28,9 @@ type Metric struct {
 	Section int `json:"section"`
 	// MaxPerRep makes the table show the median over repetitions of the
 	// largest value in each repetition, instead of the median of all.
-	MaxPerRep bool    `json:"maxPerRep,omitempty"`
-	Value     float64 `json:"value"`
+	MaxPerRep bool `json:"maxPerRep,omitempty"`
+	// Value is the measurement, in Unit.
+	Value float64 `json:"value"`
 }
 
 // Trial is the result of one scenario run once with one translator.
@@ -47,8 +48,8 @@ type Trial struct {
 	// TapBytes are the bytes through the namespace's tap device during
 	// the measured part (frames, both directions).
 	TapBytes uint64 `json:"tapBytes"`
-	// ViaOK reports whether TapBytes agree with Via: at least Moved for
-	// the tap, under 1% of Moved for splice.
+	// ViaOK reports whether TapBytes agree with Via: at least 90% of
+	// Moved for the tap, under 1% of Moved for splice.
 	ViaOK bool `json:"viaOK"`
 	// Note says what else was seen (losses, bad datagrams, errors).
 	Note string `json:"note,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -73,38 +74,71 @@ type Sandbox struct {
 	closed bool
 }
 
+// ErrUnavailable is wrapped by the errors [Create] returns when the
+// machine cannot host a sandbox at all: not root, no ip command, or no
+// permission to create network namespaces.
+var ErrUnavailable = errors.New("sandbox unavailable")
+
 // New creates a sandbox and registers a cleanup on t that kills the
 // processes it started and deletes both namespaces. It skips t if not run
 // as root or if the ip command is missing, and fails t if the setup fails.
 func New(t testing.TB) *Sandbox {
 	t.Helper()
+	s, err := Create()
+	if errors.Is(err, ErrUnavailable) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+// Create creates a sandbox outside of a test; the caller must call
+// [Sandbox.Close] when done. The error wraps [ErrUnavailable] if not run
+// as root, if the ip command is missing or if network namespaces cannot
+// be created.
+func Create() (*Sandbox, error) {
 	if os.Geteuid() != 0 {
-		t.Skip("sandbox: needs root")
+		return nil, fmt.Errorf("sandbox: needs root: %w", ErrUnavailable)
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("sandbox: ip command not found")
+		return nil, fmt.Errorf("sandbox: ip command not found: %w", ErrUnavailable)
 	}
 	var rnd [4]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	suffix := hex.EncodeToString(rnd[:])
 	s := &Sandbox{HostNS: HostNSPrefix + suffix, WorldNS: WorldNSPrefix + suffix}
 
 	if out, err := ipCmd("netns", "add", s.HostNS); err != nil {
 		if strings.Contains(out, "Operation not permitted") || strings.Contains(out, "Permission denied") {
-			t.Skipf("sandbox: cannot create network namespaces: %s", out)
+			return nil, fmt.Errorf("sandbox: cannot create network namespaces: %s: %w", out, ErrUnavailable)
 		}
-		t.Fatalf("sandbox: ip netns add %s: %v: %s", s.HostNS, err, out)
+		return nil, fmt.Errorf("sandbox: ip netns add %s: %v: %s", s.HostNS, err, out)
 	}
-	t.Cleanup(func() { s.cleanup(t) })
-	if out, err := ipCmd("netns", "add", s.WorldNS); err != nil {
-		t.Fatalf("sandbox: ip netns add %s: %v: %s", s.WorldNS, err, out)
+	err := func() error {
+		if out, err := ipCmd("netns", "add", s.WorldNS); err != nil {
+			return fmt.Errorf("sandbox: ip netns add %s: %v: %s", s.WorldNS, err, out)
+		}
+		if err := s.setup(); err != nil {
+			return fmt.Errorf("sandbox: %v", err)
+		}
+		return nil
+	}()
+	if err != nil {
+		if cerr := s.Close(); cerr != nil {
+			err = fmt.Errorf("%w; %v", err, cerr)
+		}
+		return nil, err
 	}
-	if err := s.setup(); err != nil {
-		t.Fatalf("sandbox: %v", err)
-	}
-	return s
+	return s, nil
 }
 
 // setup configures interfaces, addresses and routes.
@@ -249,8 +283,11 @@ func (s *Sandbox) Start(t testing.TB, ns string, name string, args ...string) *P
 	return p
 }
 
-// cleanup kills the sandbox's processes and deletes its namespaces.
-func (s *Sandbox) cleanup(t testing.TB) {
+// Close kills the processes started in the sandbox (with [Sandbox.Start],
+// or with [Sandbox.Command] and not waited for) and deletes its
+// namespaces. Processes in the sandbox that are not descendants of this
+// process are reported as an error. Close may be called more than once.
+func (s *Sandbox) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	procs := s.procs
@@ -259,17 +296,19 @@ func (s *Sandbox) cleanup(t testing.TB) {
 	for _, p := range procs {
 		p.stop()
 	}
+	var errs []error
 	for _, ns := range []string{s.HostNS, s.WorldNS} {
 		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err != nil {
 			continue
 		}
 		if err := killNamespaceProcs(ns); err != nil {
-			t.Errorf("sandbox: %v", err)
+			errs = append(errs, fmt.Errorf("sandbox: %v", err))
 		}
 		if out, err := ipCmd("netns", "del", ns); err != nil {
-			t.Errorf("sandbox: ip netns del %s: %v: %s", ns, err, out)
+			errs = append(errs, fmt.Errorf("sandbox: ip netns del %s: %v: %s", ns, err, out))
 		}
 	}
+	return errors.Join(errs...)
 }
 
 // killNamespaceProcs kills the processes inside network namespace ns that

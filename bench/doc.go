@@ -1,0 +1,106 @@
+// Command bench measures gopasst against the reference pasta (the passt
+// package of the distribution, /usr/bin/pasta) side by side, on the same
+// machine, in one run, and prints a markdown table of medians and ratios.
+//
+//	sudo go run ./bench [-reps 3] [-dur 2s] [-run REGEXP] [-o table.md] [-json trials.json]
+//	sudo go run ./bench -quick        # a smoke test: short trials, one repetition
+//	sudo go run ./bench -list         # the scenario names -run selects from
+//
+// # Set-up
+//
+// Everything runs inside a sandbox of internal/e2e/sandbox: a "host"
+// network namespace (192.0.2.2/24, 2001:db8::2/64, default routes to a
+// "world" namespace at the other end of a veth pair). Each trial starts
+// fresh instances: as an unprivileged user (-user, default gopasst-test;
+// the reference refuses to run as root), inside the host namespace,
+// "unshare --user --map-root-user --net sleep infinity" holds a new
+// namespace, and the translator attaches to it exactly as a user would:
+//
+//	gopasst pasta --config-net -f -q -t none -T none -u 10001 -U 10002 PID
+//	pasta         --config-net -f -q -t none -T none -u 10001 -U 10002 PID
+//
+// A trial starts measuring only when the namespace has its routes and a
+// usable IPv6 address, both ends of the forwarded ports are bound, and the
+// namespace has resolved its gateways (ARP, NDP). Duplicate address
+// detection is off in the namespace (the reference sends to the
+// namespace's link-local address, which it learns from its first packet).
+//
+// The load comes from this binary, re-executed as one of its load tools
+// (see loadMain): a flooding sender (sendmmsg as fast as the kernel
+// accepts), a paced sender, a counting sink (recvmmsg; a datagram counts
+// if its size, magic and every payload byte are right), an echo server, a
+// request/response client and a many-flows sender. Tools on the host side
+// run in the sandbox's host namespace; tools on the guest side run in the
+// translator's namespace under nsenter(1), as root. Every destination is a
+// loopback address or one of the sandbox's documentation addresses
+// (192.0.2.0/24, 2001:db8::/32), which the tools check: no datagram can
+// leave the machine.
+//
+// # Paths
+//
+//   - tap ns→host: the namespace sends to its gateway address, which both
+//     translators map to the host's loopback; the sink listens on the
+//     host's loopback (port 10003).
+//   - tap host→ns: the host sends to its own address 192.0.2.2 or
+//     2001:db8::2, port 10001 (-u): the translator's listening socket sees
+//     a non-loopback source and writes to the tap.
+//   - splice ns→host: the namespace sends to its loopback, port 10002 (-U).
+//   - splice host→ns: the host sends to its loopback, port 10001 (-u).
+//
+// Every trial checks that the traffic took the path it was meant to: the
+// namespace's tap device must have carried at least (nearly) as many
+// bytes as reached the receiver on the tap paths, and under 1% of that on
+// the splice paths. Trials that fail this, or fail at all, are listed
+// under the table and make the exit status 1.
+//
+// # Measurements
+//
+//   - Goodput: the flooding sender runs for -warmup, then for -dur the
+//     sink's intact payload bytes are counted (payloads of 1372 and 65000
+//     bytes, IPv4 and IPv6, four paths). Sender, translator and sink share
+//     the machine's cores, as they would in real use.
+//   - Goodput per translator CPU second: the same bytes divided by the CPU
+//     time the translator used in the same window. CPU time is that of the
+//     translator's process and all its descendants (gopasst re-executes
+//     itself into the user namespace; its waiting parent counts too): the
+//     process CPU clock of each (clock_gettime on the clock of
+//     clock_getcpuclockid(3), all threads, nanoseconds) plus the times of
+//     reaped children from /proc/PID/stat.
+//   - Highest rate with under 1% loss (1372 bytes, tap paths): steps of
+//     -step-dur at a fixed rate; a step passes if the sink counted at least
+//     99% of what was sent and the sender kept 97% of the rate. The search
+//     starts at half the translator's goodput of the same repetition,
+//     doubles while steps pass and bisects after the first failure, -steps
+//     steps in all.
+//   - Request/response: one 64-byte datagram outstanding, from the
+//     namespace to an echo server on the host, through the tap (gateway
+//     address) and spliced (loopback, -U port): round trips per second and
+//     the 99th percentile of the round-trip time over -rr-dur, after 200
+//     round trips of warm-up. A request unanswered after 200 ms counts as
+//     lost.
+//   - Per-datagram cost with 1, 1,000 and 10,000 flows (-flows): as many
+//     sockets in the namespace, each its own source port, send 1372-byte
+//     datagrams round robin to the host through the tap at -flow-rate
+//     datagrams a second in all; after every flow exists, the translator's
+//     CPU time over -dur divided by the datagrams that arrived. Both
+//     translators open a host socket per flow; the open-file limit is
+//     raised for that (as far as the hard limit allows).
+//   - Peak RSS: VmHWM of the translator's processes, summed (for gopasst
+//     its waiting parent too): idle, once started and the namespace has
+//     resolved its gateways (the reference touches most of its buffers
+//     with the first packets: about 14 MiB before, 30 MiB after); after
+//     each goodput trial (the largest of a repetition is reported); after
+//     each flows trial.
+//
+// # Method
+//
+// Repetition after repetition (-reps, at least 3 for numbers worth
+// quoting), every selected scenario runs once with each translator;
+// which one goes first alternates from scenario to scenario and from one
+// repetition to the next, so that slow drifts of the machine hit both
+// alike. The table shows, per metric, the median over repetitions for each
+// translator and the ratio gopasst/pasta (above 1 is better for gopasst
+// where the unit says ↑, worse where it says ↓). Per-trial details (what
+// was sent, tap drops, CPU seconds, search steps) go to standard error and,
+// with -json, to a file.
+package main

@@ -39,6 +39,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(gsoEnv) != "" {
 		os.Exit(gsoMain())
 	}
+	if os.Getenv(spoofEnv) != "" {
+		os.Exit(spoofMain())
+	}
 	os.Exit(runTests(m))
 }
 

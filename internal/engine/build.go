@@ -73,6 +73,7 @@ func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters,
 		if n.MapHostLoopback6.IsValid() {
 			rules.RouterLL6 = e.L2.LinkLocal()
 		}
+		e.Rules = rules
 		var err error
 		e.UDP, err = udp.New(udp.Config{Rules: rules, Guest: guest, OurMAC: n.OurMAC, Tap: ep, Stats: st,
 			Forwards: forwards, Timeout: n.Timeout, StreamTimeout: n.StreamTimeout, MaxFlows: cfg.MaxFlows,

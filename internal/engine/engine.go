@@ -24,6 +24,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 
 	"github.com/gopasst/gopasst/internal/dhcp"
@@ -51,6 +52,9 @@ type Engine struct {
 	UDP   *udp.Engine  // nil with --no-udp
 	Frag  *frag.Reassembler
 	Guest *fwd.Guest
+	// Rules, if set, vet the source addresses the guest's address is
+	// learnt from (see fwd.Rules.GuestSource).
+	Rules *fwd.Rules
 	Stats *stats.Counters
 	// IPv4 and IPv6 say which families are served.
 	IPv4, IPv6 bool
@@ -130,6 +134,14 @@ func (e *Engine) reply(m int, buf []byte) {
 	e.Stats.TapTxFrames.Add(1)
 }
 
+// seeAddr learns the guest's address from a datagram's source, unless it
+// is one the guest cannot have.
+func (e *Engine) seeAddr(a netip.Addr) {
+	if e.Rules == nil || e.Rules.GuestSource(a) {
+		e.Guest.SeeAddr(a)
+	}
+}
+
 // Close stops Run.
 func (e *Engine) Close() {
 	e.EP.Close()
@@ -168,7 +180,7 @@ func (e *Engine) readLoop() error {
 			}
 			if p.Fragment {
 				if whole := e.fragment(p); whole != nil {
-					e.Guest.SeeAddr(whole.Src4)
+					e.seeAddr(whole.Src4)
 					udpPkts = append(udpPkts, whole)
 				}
 				continue
@@ -189,7 +201,7 @@ func (e *Engine) readLoop() error {
 					e.Stats.Drop(stats.DropUnsupported)
 					continue
 				}
-				e.Guest.SeeAddr(p.Src4)
+				e.seeAddr(p.Src4)
 				if e.UDP.Expired(p) {
 					continue
 				}

@@ -97,7 +97,7 @@ const (
 // destination it used). The target's FAddr is the address to bind (possibly
 // unspecified) and FPort the guest's source port, kept where possible.
 func (r *Rules) FromTap(ini flow.Side) (flow.Side, Verdict) {
-	if !unicast(ini.EAddr) || ini.EPort == 0 {
+	if !r.GuestSource(ini.EAddr) || ini.EPort == 0 {
 		return flow.Side{}, BadSource
 	}
 	if !unicast(ini.FAddr) || ini.FPort == 0 {
@@ -271,6 +271,18 @@ func (r *Rules) familyOn(a netip.Addr) bool {
 }
 
 // unicast reports whether a can be the address of a single peer.
+// GuestSource reports whether the guest may send from a: a unicast
+// address that is not loopback, not in 0.0.0.0/8, and not one of the
+// addresses that stand for the host (a guest posing as its gateway).
+// Datagrams from other sources are dropped, and the guest's address is
+// not learnt from them.
+func (r *Rules) GuestSource(a netip.Addr) bool {
+	if !unicast(a) || a.IsLoopback() || r.StandsForHost(a) {
+		return false
+	}
+	return !a.Is4() || a.As4()[0] != 0
+}
+
 func unicast(a netip.Addr) bool {
 	if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
 		return false
@@ -340,7 +352,7 @@ func (g *Guest) Addr6() netip.Addr { return *g.addr6.Load() }
 // IPv6 only global unicast addresses are kept: replies to a link-local
 // address could not be routed by the guest's peers.
 func (g *Guest) SeeAddr(a netip.Addr) {
-	if !unicast(a) {
+	if !unicast(a) || a.IsLoopback() {
 		return
 	}
 	p := &g.addr4

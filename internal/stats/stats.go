@@ -30,10 +30,11 @@ const (
 	DropUnsupported               // protocol not handled
 	DropRateLimited               // ICMP error to the guest over the rate limit
 	DropFragment                  // fragments that could not be reassembled
+	DropBadSource                 // source the guest cannot have: spoofed, non-unicast or port 0
 	NumReasons                    // number of reasons
 )
 
-var reasonNames = [NumReasons]string{"malformed", "no-flow", "table-full", "socket-error", "tap-write", "multicast", "unmappable", "unsupported", "rate-limited", "fragment"}
+var reasonNames = [NumReasons]string{"malformed", "no-flow", "table-full", "socket-error", "tap-write", "multicast", "unmappable", "unsupported", "rate-limited", "fragment", "bad-source"}
 
 // String names the reason.
 func (r Reason) String() string {

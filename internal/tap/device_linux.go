@@ -2,16 +2,32 @@ package tap
 
 import (
 	"errors"
+	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 // Device is a tap device opened in the namespace, used as an Endpoint.
 type Device struct {
-	fd   int
-	wake int
-	once sync.Once
+	fd int
+	// file is fd registered with the Go runtime's poller: ReadBatch
+	// parks the goroutine there instead of blocking a thread in poll(2).
+	// It is never closed (see Close).
+	file   *os.File
+	rc     syscall.RawConn
+	once   sync.Once
+	closed atomic.Bool
+
+	// The batch being read, for fill (the reading goroutine's own).
+	rbufs  [][]byte
+	rlens  []int
+	rn     int
+	rerr   error
+	fillFn func(uintptr) bool
 
 	// With a virtio-net header (NewVnetDevice): vnet is set, uso when
 	// the kernel took the offloads. The reader's headers, iovecs and the
@@ -26,51 +42,61 @@ type Device struct {
 	wiov      [MaxSegments + 1]unix.Iovec
 }
 
-// NewDevice wraps the non-blocking file descriptor of an attached tap
-// device (IFF_TAP|IFF_NO_PI). The Device owns fd from now on.
+// NewDevice wraps the file descriptor of an attached tap device
+// (IFF_TAP|IFF_NO_PI), making it non-blocking. The Device owns fd from
+// now on.
 func NewDevice(fd int) (*Device, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return nil, err
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	d := &Device{fd: fd, file: os.NewFile(uintptr(fd), "tap")}
+	if d.file == nil {
+		return nil, errors.New("tap: invalid descriptor")
+	}
+	rc, err := d.file.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	return &Device{fd: fd, wake: wake}, nil
+	d.rc = rc
+	d.fillFn = d.fill
+	return d, nil
 }
 
 // ReadBatch implements Endpoint.
 func (d *Device) ReadBatch(bufs [][]byte, lens []int) (int, error) {
-	pfd := []unix.PollFd{{Fd: int32(d.fd), Events: unix.POLLIN}, {Fd: int32(d.wake), Events: unix.POLLIN}}
-	for {
-		n := 0
-		for n < len(bufs) {
-			r, err := d.read(n, bufs[n])
-			if err != nil {
-				if errors.Is(err, unix.EINTR) {
-					continue
-				}
-				if errors.Is(err, unix.EAGAIN) {
-					break
-				}
-				return n, err
-			}
-			lens[n] = r
-			n++
-		}
-		if n > 0 {
-			return n, nil
-		}
-		if _, err := unix.Poll(pfd, -1); err != nil && !errors.Is(err, unix.EINTR) {
-			return 0, err
-		}
-		if pfd[1].Revents != 0 {
-			return 0, ErrClosed
-		}
-		if pfd[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 && pfd[0].Revents&unix.POLLIN == 0 {
-			return 0, errors.New("tap device hung up")
+	d.rbufs, d.rlens, d.rn, d.rerr = bufs, lens, 0, nil
+	err := d.rc.Read(d.fillFn)
+	n := d.rn
+	d.rbufs, d.rlens = nil, nil
+	switch {
+	case n > 0:
+		return n, nil
+	case d.closed.Load():
+		return 0, ErrClosed
+	case err != nil:
+		return 0, err
+	}
+	return 0, d.rerr
+}
+
+// fill reads frames until the device is empty or the batch full; false
+// (nothing read yet) makes the runtime wait until the device is readable.
+func (d *Device) fill(uintptr) bool {
+	for d.rn < len(d.rbufs) {
+		r, err := d.read(d.rn, d.rbufs[d.rn])
+		switch {
+		case err == nil:
+			d.rlens[d.rn] = r
+			d.rn++
+		case errors.Is(err, unix.EINTR):
+		case errors.Is(err, unix.EAGAIN):
+			return d.rn > 0 || d.closed.Load()
+		default:
+			d.rerr = err
+			return true
 		}
 	}
+	return true
 }
 
 // read reads frame n of a batch into buf.
@@ -109,13 +135,14 @@ func (d *Device) WriteFrame(frame []byte) error {
 	}
 }
 
-// Close implements Endpoint. The descriptors stay open until the process
-// exits, so a reader or writer that raced with Close never touches a reused
+// Close implements Endpoint: it wakes a blocked ReadBatch, which returns
+// ErrClosed. The descriptor stays open until the process exits, so a
+// reader or writer that raced with Close never touches a reused
 // descriptor.
 func (d *Device) Close() error {
 	d.once.Do(func() {
-		var one = [8]byte{1}
-		_, _ = unix.Write(d.wake, one[:])
+		d.closed.Store(true)
+		_ = d.file.SetReadDeadline(time.Unix(1, 0))
 	})
 	return nil
 }

@@ -8,14 +8,27 @@
 // attached, works from any namespace, so gopasst reads and writes it from
 // the host side. A read returns exactly one frame and a write sends one.
 //
-// To let the layers above batch their work, [Device.ReadBatch] sleeps in
-// poll until frames are there, then reads frames until the device is empty
-// or the batch is full, so one wake-up yields many frames. A second
-// descriptor in the same poll set (an eventfd) lets Close wake the reader.
+// To let the layers above batch their work, [Device.ReadBatch] reads
+// frames until the device is empty or the batch is full, so one wake-up
+// yields many frames. The descriptor is non-blocking and registered with
+// the Go runtime's poller: a reader with nothing to read parks its
+// goroutine, not a thread, and Close wakes it with an expired deadline.
+//
+// Offloads. Opened with a virtio-net header ([NewVnetDevice]), the tap
+// can carry UDP segmentation offload (USO, Linux 6.2 and later): the
+// namespace's kernel may hand over one frame holding many datagrams of a
+// flow, all of one size but a shorter last one, with a partial checksum
+// ([Segmenter.SegmentSize] gives the size), and gopasst may write such
+// frames ([Segmenter.WriteSegmented]), which the namespace's kernel cuts
+// apart as late as it can — at the receiving socket, which takes the run
+// whole if it asked for UDP_GRO. A run thus crosses the tap in one system
+// call instead of one per datagram. Where the kernel refuses the offloads
+// the device moves plain frames behind an all-zero header.
 //
 // Writes come from two goroutines (the tap reader, for ARP and NDP replies,
-// and the host socket loop); a tap write is atomic per frame, so they need
-// no lock.
+// and the host socket loop); a tap write is atomic per frame, so plain
+// writes need no lock (writes behind a virtio-net header share a scratch
+// header under a mutex).
 package tap
 
 import "errors"

@@ -20,7 +20,8 @@
 // loopback when it used its gateway address (package fwd). The group's
 // payloads go out in one sendmmsg, straight from the frame buffers.
 //
-// Host to guest. [Engine.Run] is an epoll loop over two kinds of sockets.
+// Host to guest. [Engine.Run] is an epoll loop over two kinds of sockets;
+// the epoll descriptor itself waits in the Go runtime's poller.
 // Listening sockets, one per forwarded port (-u) and address family, can
 // carry datagrams of many flows: each datagram is looked up by its source in
 // the flow table, and a new flow keeps a duplicate of the listening socket
@@ -30,6 +31,15 @@
 // [packet.MaxHeadroom] bytes into preallocated buffers and the Ethernet, IP
 // and UDP headers are written in front of them, so a payload is copied only
 // by the kernel.
+//
+// Offloads (see gso_linux.go). With Config.Offload, datagrams of one flow
+// that follow each other with the same size (the last may be shorter) go to
+// a socket as one message with UDP_SEGMENT, so the host's stack handles a
+// run of up to 64 datagrams as one packet; sockets receive with UDP_GRO
+// when the endpoint takes segmented frames, and a run received whole, or
+// a run of equal-size datagrams from one recvmmsg, reaches the guest as one
+// segmented frame. A kernel or route that refuses to segment gets the
+// datagrams one by one; a run for a guest that cannot take it is split.
 //
 // Multicast and broadcast. A flow has two unicast ends, so datagrams
 // from the guest to a multicast or broadcast address are not forwarded:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -155,9 +156,11 @@ type Engine struct {
 	mu   sync.Mutex
 	tab  *flow.Table
 	epfd int
-	wake int
-	lst  []listener
-	rx   rxBatch
+	// epfile is epfd as registered with the runtime's poller by Run.
+	epfile *os.File
+	wake   int
+	lst    []listener
+	rx     rxBatch
 	// tx sends the guest's datagrams (tap reader), sx what the socket
 	// loop forwards socket to socket.
 	tx, sx *segBatch
@@ -368,7 +371,11 @@ func (e *Engine) release() {
 		}
 	}
 	e.lst = nil
-	unix.Close(e.epfd)
+	if e.epfile != nil {
+		e.epfile.Close()
+	} else {
+		unix.Close(e.epfd)
+	}
 	unix.Close(e.wake)
 }
 
@@ -384,12 +391,37 @@ func (e *Engine) Flows() int {
 func (e *Engine) Run() error {
 	defer close(e.runDone)
 	defer e.release()
+	// The epoll descriptor waits in the Go runtime's poller, like any
+	// socket of a Go program: an idle loop parks its goroutine instead of
+	// blocking a thread, and a read deadline paces the expiry of flows.
+	if err := unix.SetNonblock(e.epfd, true); err != nil {
+		return err
+	}
+	file := os.NewFile(uintptr(e.epfd), "epoll")
+	e.epfile = file // closed by release
+	rc, err := file.SyscallConn()
+	if err != nil {
+		return err
+	}
 	events := make([]unix.EpollEvent, 128)
+	var n int
+	var werr error
+	wait := func(uintptr) bool {
+		n, werr = unix.EpollWait(e.epfd, events, 0)
+		if errors.Is(werr, unix.EINTR) {
+			n, werr = 0, nil
+		}
+		return n > 0 || werr != nil
+	}
 	lastExpiry := e.clock()
+	_ = file.SetReadDeadline(time.Now().Add(time.Second))
 	for {
-		n, err := unix.EpollWait(e.epfd, events, 1000)
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			return fmt.Errorf("epoll_wait: %w", err)
+		n, werr = 0, nil
+		if err := rc.Read(wait); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("waiting for sockets: %w", err)
+		}
+		if werr != nil {
+			return fmt.Errorf("epoll_wait: %w", werr)
 		}
 		for i := 0; i < n; i++ {
 			ev := &events[i]
@@ -415,6 +447,7 @@ func (e *Engine) Run() error {
 		if now := e.clock(); now-lastExpiry >= int64(time.Second) {
 			e.expire(now)
 			lastExpiry = now
+			_ = file.SetReadDeadline(time.Now().Add(time.Second))
 		}
 	}
 }
@@ -648,6 +681,8 @@ func (e *Engine) refuse(v fwd.Verdict, dir string, ini flow.Side) {
 		e.st.Drop(stats.DropMulticast)
 	case fwd.Unmappable:
 		e.st.Drop(stats.DropUnmappable)
+	case fwd.BadSource:
+		e.st.Drop(stats.DropBadSource)
 	default:
 		e.st.Drop(stats.DropNoFlow)
 	}

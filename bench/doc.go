@@ -2,7 +2,7 @@
 // package of the distribution, /usr/bin/pasta) side by side, on the same
 // machine, in one run, and prints a markdown table of medians and ratios.
 //
-//	sudo go run ./bench [-reps 3] [-dur 2s] [-run REGEXP] [-o table.md] [-json trials.json]
+//	sudo go run ./bench [-reps 3] [-dur 1.5s] [-run REGEXP] [-o table.md] [-json trials.json]
 //	sudo go run ./bench -quick        # a smoke test: short trials, one repetition
 //	sudo go run ./bench -list         # the scenario names -run selects from
 //
@@ -19,6 +19,13 @@
 //	gopasst pasta --config-net -f -q -t none -T none -u 10001 -U 10002 PID
 //	pasta         --config-net -f -q -t none -T none -u 10001 -U 10002 PID
 //
+// A third translator, the variant "gopasst --no-offload", runs exactly like
+// gopasst with that option added (plain tap frames, no UDP_SEGMENT or
+// UDP_GRO on its sockets), in the scenarios that ask for it: the tap
+// goodput scenarios, plain and segmenting. It shows what the tap offloads
+// give, and that senders which do not segment lose nothing with them on.
+// -no-offload=false leaves it out.
+//
 // A trial starts measuring only when the namespace has its routes and a
 // usable IPv6 address, both ends of the forwarded ports are bound, and the
 // namespace has resolved its gateways (ARP, NDP). Duplicate address
@@ -27,9 +34,13 @@
 //
 // The load comes from this binary, re-executed as one of its load tools
 // (see loadMain): a flooding sender (sendmmsg as fast as the kernel
-// accepts), a paced sender, a counting sink (recvmmsg; a datagram counts
-// if its size, magic and every payload byte are right), an echo server, a
-// request/response client and a many-flows sender. Tools on the host side
+// accepts), a segmenting flooding sender (sendmsg of 47 datagrams of 1372
+// bytes at a time, 64,484 bytes, with a UDP_SEGMENT control message, as
+// QUIC stacks send), a paced sender, a counting sink (recvmmsg; a datagram
+// counts if its size, magic and every payload byte are right; optionally
+// with UDP_GRO, splitting each message it receives at the segment size the
+// kernel reports and checking every segment as a datagram of its own), an
+// echo server, a request/response client and a many-flows sender. Tools on the host side
 // run in the sandbox's host namespace; tools on the guest side run in the
 // translator's namespace under nsenter(1), as root. Every destination is a
 // loopback address or one of the sandbox's documentation addresses
@@ -50,15 +61,29 @@
 // Every trial checks that the traffic took the path it was meant to: the
 // namespace's tap device must have carried at least (nearly) as many
 // bytes as reached the receiver on the tap paths, and under 1% of that on
-// the splice paths. Trials that fail this, or fail at all, are listed
-// under the table and make the exit status 1.
+// the splice paths (for goodput and flows trials, over the receiver's
+// whole life, so that a receiver that falls behind, or counters read late
+// on a busy machine, do not spoil the comparison). Trials that fail this,
+// receive datagrams of the wrong size or content, or fail at all, are
+// listed under the table and make the exit status 1.
 //
 // # Measurements
 //
 //   - Goodput: the flooding sender runs for -warmup, then for -dur the
 //     sink's intact payload bytes are counted (payloads of 1372 and 65000
 //     bytes, IPv4 and IPv6, four paths). Sender, translator and sink share
-//     the machine's cores, as they would in real use.
+//     the machine's cores, as they would in real use. The tap paths also
+//     run with gopasst --no-offload.
+//   - Goodput with a segmenting sender (goodput-gso/PATH/FAMILY/1372):
+//     the same, but the segmenting sender floods, 47 × 1372 bytes per
+//     sendmsg with UDP_SEGMENT, and the sink receives with UDP_GRO; both
+//     tap paths, IPv4 and IPv6, for gopasst, the reference and gopasst
+//     --no-offload. The tools are the same for every translator: the
+//     reference, which has no offloads, gets the datagrams one by one from
+//     the kernel and hands them on one by one; gopasst with offloads moves
+//     a batch through the tap as one segmented frame and through its host
+//     socket with one system call. The trial's note gives the datagrams
+//     per message the sink received (47 when batches arrive whole).
 //   - Goodput per translator CPU second: the same bytes divided by the CPU
 //     time the translator used in the same window. CPU time is that of the
 //     translator's process and all its descendants (gopasst re-executes
@@ -95,12 +120,19 @@
 // # Method
 //
 // Repetition after repetition (-reps, at least 3 for numbers worth
-// quoting), every selected scenario runs once with each translator;
-// which one goes first alternates from scenario to scenario and from one
-// repetition to the next, so that slow drifts of the machine hit both
+// quoting), every selected scenario runs once with each of its
+// translators; which one goes first rotates from scenario to scenario and
+// from one repetition to the next (A/B alternating; A/B/C where gopasst
+// --no-offload runs too), so that slow drifts of the machine hit all
 // alike. The table shows, per metric, the median over repetitions for each
 // translator and the ratio gopasst/pasta (above 1 is better for gopasst
-// where the unit says ↑, worse where it says ↓). Per-trial details (what
-// was sent, tap drops, CPU seconds, search steps) go to standard error and,
-// with -json, to a file.
+// where the unit says ↑, worse where it says ↓); where gopasst
+// --no-offload ran, two more columns give its median and the ratio
+// gopasst/(gopasst --no-offload), offloads on over off. Per-trial details
+// (what was sent, tap drops, CPU seconds, search steps) go to standard
+// error and, with -json, to a file.
+//
+// The default full run takes about 13 minutes on 2 cores (-dur is 1.5 s
+// since the segmenting scenarios and the --no-offload variant came in; it
+// was 2 s).
 package main

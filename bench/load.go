@@ -45,6 +45,10 @@ type Counters struct {
 	Bytes uint64 `json:"bytes"`
 	// Bad counts datagrams received with the wrong size or content.
 	Bad uint64 `json:"bad,omitempty"`
+	// Msgs counts the messages a sink received, or a segmenting sender
+	// sent: with UDP_GRO or UDP_SEGMENT, one message carries many
+	// datagrams.
+	Msgs uint64 `json:"msgs,omitempty"`
 	// Errors counts failed system calls, LastErr names the last one.
 	Errors  uint64 `json:"errors,omitempty"`
 	LastErr string `json:"lastErr,omitempty"`
@@ -60,9 +64,9 @@ type Counters struct {
 
 // stats are a load tool's live counters, read by the control loop.
 type stats struct {
-	dgrams, bytes, bad, errors atomic.Uint64
-	mu                         sync.Mutex
-	lastErr                    string
+	dgrams, bytes, bad, errors, msgs atomic.Uint64
+	mu                               sync.Mutex
+	lastErr                          string
 }
 
 func (s *stats) fail(err error) {
@@ -76,7 +80,7 @@ func (s *stats) snapshot() Counters {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return Counters{Dgrams: s.dgrams.Load(), Bytes: s.bytes.Load(), Bad: s.bad.Load(),
-		Errors: s.errors.Load(), LastErr: s.lastErr}
+		Msgs: s.msgs.Load(), Errors: s.errors.Load(), LastErr: s.lastErr}
 }
 
 // loadOpts are the options of all load tools.
@@ -87,6 +91,10 @@ type loadOpts struct {
 	dur             time.Duration
 	flows           int
 	batch           int
+	// gro makes the sink receive with UDP_GRO; segs is the number of
+	// segments per message of the segmenting sender.
+	gro  bool
+	segs int
 }
 
 // loadMain runs the load tool named by args[0] with the options in
@@ -96,8 +104,9 @@ type loadOpts struct {
 // standard input. Timed tools (paced, rr) also stop by themselves after
 // -dur.
 //
-//	sink   -l ADDR:PORT -size N   count intact datagrams
+//	sink   -l ADDR:PORT -size N [-gro]   count intact datagrams
 //	blast  -to ADDR:PORT -size N  send as fast as the kernel allows
+//	gso    -to ADDR:PORT -size N -segs K  the same, K datagrams per sendmsg (UDP_SEGMENT)
 //	paced  -to ADDR:PORT -size N -rate R -dur D
 //	echo   -l ADDR:PORT           send every datagram back
 //	rr     -to ADDR:PORT -size N -dur D   one request outstanding
@@ -120,6 +129,8 @@ func loadMain(args []string) int {
 	fs.DurationVar(&o.dur, "dur", 0, "duration (paced, rr)")
 	fs.IntVar(&o.flows, "flows", 1, "sockets (flows)")
 	fs.IntVar(&o.batch, "batch", 32, "datagrams per system call")
+	fs.BoolVar(&o.gro, "gro", false, "receive with UDP_GRO (sink)")
+	fs.IntVar(&o.segs, "segs", 47, "segments per message (gso)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -151,7 +162,7 @@ func loadMain(args []string) int {
 		return 2
 	}
 	run := map[string]func(loadOpts, *control) (Counters, error){
-		"sink": runSink, "blast": runBlast, "paced": runPaced,
+		"sink": runSink, "blast": runBlast, "gso": runGSO, "paced": runPaced,
 		"echo": runEcho, "rr": runRR, "flows": runFlows, "neigh": runNeigh,
 	}[tool]
 	if run == nil {
@@ -381,18 +392,40 @@ func transient(err error) bool {
 }
 
 // runSink counts the datagrams that arrive intact on o.listen: of size
-// o.size, with the magic and the pattern.
+// o.size, with the magic and the pattern. With o.gro it receives with
+// UDP_GRO and splits every message at the segment size the kernel reports
+// (the last segment of a message may be shorter, and then does not
+// count): each segment is a datagram of its own.
 func runSink(o loadOpts, c *control) (Counters, error) {
 	fd, err := bound(o.listen)
 	if err != nil {
 		return Counters{}, err
 	}
 	defer unix.Close(fd)
+	if o.gro {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1); err != nil {
+			return Counters{}, fmt.Errorf("UDP_GRO: %w", err)
+		}
+	}
 	var st stats
 	want := pattern(o.size)
+	intact := func(d []byte) bool {
+		return len(d) == o.size && bytes.Equal(d[:4], magic[:]) && bytes.Equal(d[hdrLen:], want[hdrLen:])
+	}
 	b := newBatch(o.batch, 0)
+	var oobs [][]byte
+	if o.gro {
+		oobs = make([][]byte, len(b.hdrs))
+		for i := range oobs {
+			oobs[i] = make([]byte, unix.CmsgSpace(4)*2)
+		}
+	}
 	c.start(st.snapshot)
 	for !c.stopped() {
+		for i := range oobs {
+			b.hdrs[i].Hdr.Control = &oobs[i][0]
+			b.hdrs[i].Hdr.SetControllen(len(oobs[i]))
+		}
 		n, err := b.mmsg(unix.SYS_RECVMMSG, fd, len(b.hdrs), unix.MSG_WAITFORONE)
 		if err != nil {
 			if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
@@ -400,22 +433,50 @@ func runSink(o loadOpts, c *control) (Counters, error) {
 			}
 			continue
 		}
-		var good, nbytes uint64
+		var good, nbytes, bad uint64
 		for i := range n {
 			l := int(b.hdrs[i].Len)
 			buf := b.bufs[i][:l]
-			if l == o.size && b.hdrs[i].Hdr.Flags&unix.MSG_TRUNC == 0 &&
-				bytes.Equal(buf[:4], magic[:]) && bytes.Equal(buf[hdrLen:], want[hdrLen:]) {
-				good++
-				nbytes += uint64(l)
-			} else {
-				st.bad.Add(1)
+			if l == 0 || b.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
+				bad++
+				continue
+			}
+			step := l
+			if o.gro {
+				if seg := groSize(oobs[i][:b.hdrs[i].Hdr.Controllen]); seg > 0 {
+					step = seg
+				}
+			}
+			for off := 0; off < l; off += step {
+				if d := buf[off:min(off+step, l)]; intact(d) {
+					good++
+					nbytes += uint64(len(d))
+				} else {
+					bad++
+				}
 			}
 		}
+		st.msgs.Add(uint64(n))
 		st.dgrams.Add(good)
 		st.bytes.Add(nbytes)
+		st.bad.Add(bad)
 	}
 	return st.snapshot(), nil
+}
+
+// groSize returns the segment size of a UDP_GRO control message in oob,
+// or 0 if there is none (the message is one datagram).
+func groSize(oob []byte) int {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return 0
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.IPPROTO_UDP && m.Header.Type == unix.UDP_GRO && len(m.Data) >= 4 {
+			return int(binary.NativeEndian.Uint32(m.Data))
+		}
+	}
+	return 0
 }
 
 // runBlast sends datagrams of o.size to o.to as fast as sendmmsg returns,
@@ -443,6 +504,52 @@ func runBlast(o loadOpts, c *control) (Counters, error) {
 		seq += uint64(n)
 		st.dgrams.Add(uint64(n))
 		st.bytes.Add(uint64(n * o.size))
+	}
+	return st.snapshot(), nil
+}
+
+// runGSO sends like runBlast, but as a segmenting sender does: every
+// sendmsg carries o.segs datagrams of o.size bytes in one buffer, with a
+// UDP_SEGMENT control message of o.size, and the kernel (or the device)
+// cuts it into datagrams. 47 segments of 1372 bytes make 64,484 bytes, a
+// "64 KiB" write.
+func runGSO(o loadOpts, c *control) (Counters, error) {
+	if o.segs < 1 || o.segs*o.size > 65000 {
+		return Counters{}, fmt.Errorf("gso: %d segments of %d bytes do not fit a datagram", o.segs, o.size)
+	}
+	fd, err := connected(o.to)
+	if err != nil {
+		return Counters{}, err
+	}
+	defer unix.Close(fd)
+	oob := make([]byte, unix.CmsgSpace(2))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.IPPROTO_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	binary.NativeEndian.PutUint16(oob[unix.CmsgLen(0):], uint16(o.size))
+	one := pattern(o.size)
+	buf := make([]byte, 0, o.segs*o.size)
+	for range o.segs {
+		buf = append(buf, one...)
+	}
+	var st stats
+	var seq uint64
+	c.start(st.snapshot)
+	for !c.stopped() {
+		for i := range o.segs {
+			binary.LittleEndian.PutUint64(buf[i*o.size+4:i*o.size+hdrLen], seq+uint64(i))
+		}
+		if _, err := unix.SendmsgN(fd, buf, oob, nil, 0); err != nil {
+			if !transient(err) {
+				return st.snapshot(), fmt.Errorf("sendmsg with UDP_SEGMENT: %w", err)
+			}
+			st.fail(err)
+			continue
+		}
+		seq += uint64(o.segs)
+		st.msgs.Add(1)
+		st.dgrams.Add(uint64(o.segs))
+		st.bytes.Add(uint64(o.segs * o.size))
 	}
 	return st.snapshot(), nil
 }

@@ -59,6 +59,9 @@ type Options struct {
 	// Pcap names a directory for captures of every trial (-p); empty:
 	// none.
 	Pcap string
+	// NoOffload adds the variant "gopasst --no-offload" to the scenarios
+	// that ask for variants.
+	NoOffload bool
 }
 
 // Bench is one run of the benchmark.
@@ -79,7 +82,7 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	var o Options
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.DurationVar(&o.Dur, "dur", 2*time.Second, "measured `time` of each goodput and flows trial")
+	fs.DurationVar(&o.Dur, "dur", 1500*time.Millisecond, "measured `time` of each goodput and flows trial")
 	fs.DurationVar(&o.Warmup, "warmup", 500*time.Millisecond, "`time` of load before measuring")
 	fs.DurationVar(&o.RRDur, "rr-dur", 2*time.Second, "measured `time` of each request/response trial")
 	fs.DurationVar(&o.StepDur, "step-dur", time.Second, "`time` of each step of the loss search")
@@ -95,6 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.Pasta, "pasta", "/usr/bin/pasta", "reference pasta `binary`")
 	fs.StringVar(&o.User, "user", "gopasst-test", "unprivileged `user` that runs the translators (created if missing)")
 	fs.StringVar(&o.Pcap, "pcap", "", "capture the tap traffic of every trial into `dir` (slows the translators down)")
+	fs.BoolVar(&o.NoOffload, "no-offload", true, "also run \"gopasst --no-offload\" in the tap goodput scenarios")
 	list := fs.Bool("list", false, "list the scenarios and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: bench [FLAGS]   (as root)\n\nRuns gopasst and the reference pasta side by side; see the package documentation.\n\n")
@@ -245,6 +249,9 @@ func (b *Bench) setup() (func(), error) {
 		}
 	}
 	b.trs = []*Translator{{Name: "gopasst", Argv: []string{gp, "pasta"}}, {Name: "pasta", Argv: []string{b.opt.Pasta}}}
+	if b.opt.NoOffload {
+		b.trs = append(b.trs, &Translator{Name: noOffload, Argv: []string{gp, "pasta", "--no-offload"}, Variant: true})
+	}
 	sb, err := sandbox.Create()
 	if err != nil {
 		return cleanup, err
@@ -295,31 +302,47 @@ func (b *Bench) lookupUser() error {
 	return nil
 }
 
-// runAll runs the selected scenarios for both translators, Reps times,
-// repetition after repetition. Within a repetition the translator that
-// goes first alternates from one scenario to the next, and between
-// repetitions. Every trial gets fresh translator instances. It reports
-// whether some trial failed.
+// translators returns the translators that run scenario s: gopasst and
+// the reference, and the variants if s asks for them.
+func (b *Bench) translators(s Scenario) []*Translator {
+	var out []*Translator
+	for _, tr := range b.trs {
+		if !tr.Variant || s.Variants {
+			out = append(out, tr)
+		}
+	}
+	return out
+}
+
+// runAll runs the selected scenarios for each of their translators, Reps
+// times, repetition after repetition. Within a repetition the translator
+// that goes first rotates from one scenario to the next, and between
+// repetitions (with two translators, the order alternates; with three,
+// each goes first, second and third in turn). Every trial gets fresh
+// translator instances. It reports whether some trial failed.
 func (b *Bench) runAll(ctx context.Context) bool {
 	var sel []Scenario
+	trials := 0
 	for _, s := range scenarios(b) {
 		if b.opt.Run.MatchString(s.Name) {
 			sel = append(sel, s)
+			trials += len(b.translators(s))
 		}
 	}
-	fmt.Fprintf(b.log, "%d scenarios × %d translators × %d repetitions\n", len(sel), len(b.trs), b.opt.Reps)
+	fmt.Fprintf(b.log, "%d scenarios, %d trials × %d repetitions\n", len(sel), trials, b.opt.Reps)
 	failed := false
 	start := time.Now()
 	for rep := 0; rep < b.opt.Reps; rep++ {
 		for i, s := range sel {
-			for k := range b.trs {
+			trs := b.translators(s)
+			for k := range trs {
 				if ctx.Err() != nil {
 					return true
 				}
-				tr := b.trs[(rep+i+k)%len(b.trs)]
+				tr := trs[(rep+i+k)%len(trs)]
 				t := b.trial(ctx, s, tr, rep)
 				b.trials = append(b.trials, t)
-				failed = failed || t.Err != "" || !t.ViaOK
+				failed = failed || t.Err != "" || !t.ViaOK || t.Bad > 0
 				b.logTrial(t, time.Since(start))
 			}
 		}
@@ -332,7 +355,7 @@ func (b *Bench) trial(ctx context.Context, s Scenario, tr *Translator, rep int) 
 	t := Trial{Scenario: s.Name, Translator: tr.Name, Rep: rep}
 	var extra []string
 	if b.opt.Pcap != "" {
-		name := fmt.Sprintf("%s-%s-%d.pcap", strings.ReplaceAll(s.Name, "/", "_"), tr.Name, rep+1)
+		name := fmt.Sprintf("%s-%s-%d.pcap", strings.ReplaceAll(s.Name, "/", "_"), strings.ReplaceAll(tr.Name, " ", ""), rep+1)
 		extra = []string{"-p", filepath.Join(b.opt.Pcap, name)}
 	}
 	in, err := b.startInstance(ctx, tr, extra...)
@@ -360,7 +383,7 @@ func (b *Bench) logTrial(t Trial, elapsed time.Duration) {
 	if t.Err != "" {
 		status = "FAILED: " + t.Err
 	}
-	fmt.Fprintf(b.log, "[%s] rep %d %-32s %-8s %s", elapsed.Round(time.Second), t.Rep+1, t.Scenario, t.Translator, status)
+	fmt.Fprintf(b.log, "[%s] rep %d %-36s %-20s %s", elapsed.Round(time.Second), t.Rep+1, t.Scenario, t.Translator, status)
 	if t.Note != "" {
 		fmt.Fprintf(b.log, " (%s)", t.Note)
 	}
@@ -394,7 +417,7 @@ func machine() string {
 	return fmt.Sprintf("%d CPUs (%s), Linux %s", cpus, model, kernel)
 }
 
-// versions describes the two translators.
+// versions describes the translators.
 func (b *Bench) versions() string {
 	gp := "gopasst"
 	if out, err := exec.Command("git", "describe", "--always", "--dirty").Output(); err == nil {

@@ -85,29 +85,56 @@ func (b *Bench) rows() []*row {
 	return rows
 }
 
+// ratio formats a/b, or "–" if either is missing or b is 0.
+func ratio(a, b float64) string {
+	if b == 0 || math.IsNaN(a) || math.IsNaN(b) {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", a/b)
+}
+
 // table returns the results as markdown: a header with the conditions,
 // then one row per metric with each translator's median and the ratio
-// gopasst/pasta, then the failed trials.
+// gopasst/pasta, then the failed trials. If the variant gopasst
+// --no-offload ran, two more columns show its median and the ratio
+// gopasst/(gopasst --no-offload), where it ran.
 func (b *Bench) table() string {
 	var sb strings.Builder
 	o := b.opt
+	variant := false
+	for _, t := range b.trials {
+		variant = variant || t.Translator == noOffload
+	}
+	order := "A/B interleaved, order alternating"
+	if variant {
+		order = "A/B interleaved, order alternating; A/B/C, order rotating, where " + noOffload + " ran"
+	}
 	fmt.Fprintf(&sb, "%s; %s.\n", b.versions(), machine())
-	fmt.Fprintf(&sb, "Medians of %d repetitions (A/B interleaved, order alternating); trials of %v after %v warm-up, request/response %v, loss search %d steps of %v; flows at %.0f datagrams/s.\n\n",
-		o.Reps, o.Dur, o.Warmup, o.RRDur, o.Steps, o.StepDur, o.FlowRate)
-	fmt.Fprintf(&sb, "| Scenario | gopasst | pasta | gopasst/pasta | Unit |\n|---|---:|---:|---:|---|\n")
+	fmt.Fprintf(&sb, "Medians of %d repetitions (%s); trials of %v after %v warm-up, request/response %v, loss search %d steps of %v; flows at %.0f datagrams/s.\n\n",
+		o.Reps, order, o.Dur, o.Warmup, o.RRDur, o.Steps, o.StepDur, o.FlowRate)
+	if variant {
+		fmt.Fprintf(&sb, "| Scenario | gopasst | pasta | gopasst/pasta | %s | gopasst/no-offload | Unit |\n|---|---:|---:|---:|---:|---:|---|\n", noOffload)
+	} else {
+		fmt.Fprintf(&sb, "| Scenario | gopasst | pasta | gopasst/pasta | Unit |\n|---|---:|---:|---:|---|\n")
+	}
 	for _, r := range b.rows() {
 		g, p := r.summary("gopasst"), r.summary("pasta")
-		ratio := "–"
-		if p != 0 && !math.IsNaN(p) && !math.IsNaN(g) {
-			ratio = fmt.Sprintf("%.2f", g/p)
+		if !variant {
+			fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s |\n", r.label, format(g), format(p), ratio(g, p), r.unit)
+			continue
 		}
-		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s |\n", r.label, format(g), format(p), ratio, r.unit)
+		n := r.summary(noOffload)
+		nv, nr := "", ""
+		if !math.IsNaN(n) {
+			nv, nr = format(n), ratio(g, n)
+		}
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s |\n", r.label, format(g), format(p), ratio(g, p), nv, nr, r.unit)
 	}
 	var bad []string
 	for _, t := range b.trials {
 		if t.Err != "" {
 			bad = append(bad, fmt.Sprintf("- %s, %s, repetition %d: failed: %s", t.Scenario, t.Translator, t.Rep+1, oneLine(t.Err)))
-		} else if !t.ViaOK {
+		} else if !t.ViaOK || t.Bad > 0 {
 			bad = append(bad, fmt.Sprintf("- %s, %s, repetition %d: %s", t.Scenario, t.Translator, t.Rep+1, t.Note))
 		}
 	}

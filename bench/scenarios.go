@@ -45,12 +45,24 @@ type Trial struct {
 	Moved uint64 `json:"moved"`
 	// Via is the path the traffic must take: "tap" or "splice".
 	Via string `json:"via,omitempty"`
-	// TapBytes are the bytes through the namespace's tap device during
-	// the measured part (frames, both directions).
+	// ViaBytes is the payload that reached the receiver intact over the
+	// span the path is checked on: for goodput and flows trials, all the
+	// receiver counted, from its start to its end (a receiver that falls
+	// behind counts in the measured part datagrams that crossed the tap
+	// before it, and a busy machine can delay the counters' readings),
+	// otherwise the same as Moved.
+	ViaBytes uint64 `json:"viaBytes"`
+	// TapBytes are the bytes through the namespace's tap device over the
+	// same span (frames, both directions): for goodput and flows trials,
+	// from before the receiver started to after it stopped.
 	TapBytes uint64 `json:"tapBytes"`
 	// ViaOK reports whether TapBytes agree with Via: at least 90% of
-	// Moved for the tap, under 1% of Moved for splice.
+	// ViaBytes for the tap, under 1% of ViaBytes for splice.
 	ViaOK bool `json:"viaOK"`
+	// Bad counts the datagrams the receiver got with the wrong size or
+	// content (goodput and flows trials); a trial with bad datagrams
+	// counts as failed.
+	Bad uint64 `json:"bad,omitempty"`
 	// Note says what else was seen (losses, bad datagrams, errors).
 	Note string `json:"note,omitempty"`
 	// Err is set when the trial failed; then Metrics are empty.
@@ -68,21 +80,22 @@ func (t *Trial) note(format string, args ...any) {
 	t.Note += fmt.Sprintf(format, args...)
 }
 
-// checkVia sets ViaOK from Moved and TapBytes: frames on the tap carry
-// the payload plus headers, so a tap path shows at least as many tap bytes
-// as payload bytes; splice shows almost none (neighbour discovery and the
-// like).
-func (t *Trial) checkVia() {
+// checkVia sets ViaBytes to payload and ViaOK from it and TapBytes:
+// frames on the tap carry the payload plus headers, so a tap path shows at
+// least as many tap bytes as payload bytes; splice shows almost none
+// (neighbour discovery and the like).
+func (t *Trial) checkVia(payload uint64) {
+	t.ViaBytes = payload
 	switch t.Via {
 	case "tap":
 		// The two counters are read one after the other, while
 		// datagrams are in flight: allow for some of them.
-		t.ViaOK = t.Moved > 0 && t.TapBytes >= t.Moved/10*9
+		t.ViaOK = payload > 0 && t.TapBytes >= payload/10*9
 	case "splice":
-		t.ViaOK = t.Moved > 0 && t.TapBytes*100 < t.Moved
+		t.ViaOK = payload > 0 && t.TapBytes*100 < payload
 	}
 	if !t.ViaOK {
-		t.note("traffic not on the %s path (%d payload bytes, %d tap bytes)", t.Via, t.Moved, t.TapBytes)
+		t.note("traffic not on the %s path (%d payload bytes, %d tap bytes)", t.Via, payload, t.TapBytes)
 	}
 }
 
@@ -132,16 +145,24 @@ var (
 )
 
 // Scenario is one measurement, run for both translators in every
-// repetition.
+// repetition, and for the variants of gopasst too if Variants is set.
 type Scenario struct {
 	// Name selects the scenario with -run.
 	Name string
 	Run  func(ctx context.Context, b *Bench, in *Instance, t *Trial) error
+	// Variants also runs the scenario with the translators marked
+	// Variant (gopasst --no-offload).
+	Variants bool
 }
 
 // rateSize is the payload of the loss search, the flows test, and the
-// smaller of the two goodput sizes.
+// smaller of the two goodput sizes; also the segment size of the
+// segmenting sender.
 const rateSize = 1372
+
+// gsoSegs is the number of segments per message of the segmenting
+// sender: 47 × 1372 = 64,484 bytes per sendmsg.
+const gsoSegs = 47
 
 // scenarios returns every scenario, in the order of a repetition.
 func scenarios(b *Bench) []Scenario {
@@ -153,8 +174,16 @@ func scenarios(b *Bench) []Scenario {
 				out = append(out, Scenario{Name: fmt.Sprintf("goodput/%s/%s/%d", p.Name, f.Name, size),
 					Run: func(ctx context.Context, b *Bench, in *Instance, t *Trial) error {
 						return b.goodput(ctx, in, t, p, f, size)
-					}})
+					}, Variants: p.Via == "tap"})
 			}
+		}
+	}
+	for _, p := range []Path{tapNSHost, tapHostNS} {
+		for _, f := range families {
+			out = append(out, Scenario{Name: fmt.Sprintf("goodput-gso/%s/%s/%d", p.Name, f.Name, rateSize),
+				Run: func(ctx context.Context, b *Bench, in *Instance, t *Trial) error {
+					return b.goodputGSO(ctx, in, t, p, f)
+				}, Variants: true})
 		}
 	}
 	for _, p := range []Path{tapNSHost, tapHostNS} {
@@ -237,14 +266,19 @@ func (m *measured) cpu() float64  { return m.w1.cpu - m.w0.cpu }
 func (m *measured) got() uint64   { return m.w1.sink.Dgrams - m.w0.sink.Dgrams }
 
 // measure starts a sink (on the receiver's side of path p, for datagrams
-// of size bytes) and then the sender (load tool args, on the sender's
-// side), lets them run for warm, measures for b.opt.Dur, stops both, and
-// records in t what moved and where. before, if not nil, runs just
-// before the measured part starts.
-func (b *Bench) measure(ctx context.Context, in *Instance, t *Trial, p Path, listen netip.AddrPort, size int,
+// of size bytes, with UDP_GRO if gro) and then the sender (load tool args,
+// on the sender's side), lets them run for warm, measures for b.opt.Dur,
+// stops both, and records in t what moved and where. before, if not nil,
+// runs just before the measured part starts.
+func (b *Bench) measure(ctx context.Context, in *Instance, t *Trial, p Path, listen netip.AddrPort, size int, gro bool,
 	warm time.Duration, before func(), args ...string) (*measured, error) {
 	t.Via = p.Via
-	sink, err := b.startLoad(p.Receiver, in, "sink", "-l", listen.String(), "-size", strconv.Itoa(size))
+	tap0, _ := in.TapBytes()
+	sinkArgs := []string{"sink", "-l", listen.String(), "-size", strconv.Itoa(size)}
+	if gro {
+		sinkArgs = append(sinkArgs, "-gro")
+	}
+	sink, err := b.startLoad(p.Receiver, in, sinkArgs...)
 	if err != nil {
 		return nil, err
 	}
@@ -276,16 +310,22 @@ func (b *Bench) measure(ctx context.Context, in *Instance, t *Trial, p Path, lis
 	if m.recv, err = sink.Stop(); err != nil {
 		return nil, err
 	}
+	tap1, _ := in.TapBytes()
 	if err := in.Err(); err != nil {
 		return nil, err
 	}
 	m.rss = in.RSS()
 	t.Moved = m.w1.sink.Bytes - m.w0.sink.Bytes
-	t.TapBytes = m.w1.tap - m.w0.tap
-	t.checkVia()
+	t.TapBytes = tap1 - tap0
+	t.checkVia(m.recv.Bytes)
 	t.note("measured: sent %d, received %d, tap drops %d, translator CPU %.3f s in %.2f s",
 		m.w1.send.Dgrams-m.w0.send.Dgrams, m.got(), m.w1.drop-m.w0.drop, m.cpu(), m.secs())
-	if m.recv.Bad > 0 {
+	if gro {
+		if msgs := m.w1.sink.Msgs - m.w0.sink.Msgs; msgs > 0 {
+			t.note("%.1f datagrams per message received", float64(m.got())/float64(msgs))
+		}
+	}
+	if t.Bad = m.recv.Bad; t.Bad > 0 {
 		t.note("%d bad datagrams", m.recv.Bad)
 	}
 	if m.sent.Errors > 0 {
@@ -298,19 +338,41 @@ func (b *Bench) measure(ctx context.Context, in *Instance, t *Trial, p Path, lis
 // the warm-up, what reaches the receiver intact per second, and per
 // second of translator CPU.
 func (b *Bench) goodput(ctx context.Context, in *Instance, t *Trial, p Path, f Family, size int) error {
-	m, err := b.measure(ctx, in, t, p, p.Listen(f), size, b.opt.Warmup, nil,
+	m, err := b.measure(ctx, in, t, p, p.Listen(f), size, false, b.opt.Warmup, nil,
 		"blast", "-to", p.To(f).String(), "-size", strconv.Itoa(size))
 	if err != nil {
 		return err
 	}
-	label := fmt.Sprintf("%s, %s, %d B", p.Label, f.Label, size)
+	t.addGoodput(m, fmt.Sprintf("%s, %s, %d B", p.Label, f.Label, size))
+	return nil
+}
+
+// goodputGSO is goodput with a segmenting sender and a GRO receiver, as
+// QUIC stacks use UDP: the sender writes gsoSegs datagrams of rateSize
+// bytes per sendmsg with UDP_SEGMENT, as fast as the kernel takes them;
+// the sink receives with UDP_GRO, splits what it gets at the segment size
+// and counts the datagrams that are intact and exactly rateSize long. The
+// same tools run for every translator: the reference, without offloads,
+// sees single datagrams from the kernel and hands it single datagrams.
+func (b *Bench) goodputGSO(ctx context.Context, in *Instance, t *Trial, p Path, f Family) error {
+	m, err := b.measure(ctx, in, t, p, p.Listen(f), rateSize, true, b.opt.Warmup, nil,
+		"gso", "-to", p.To(f).String(), "-size", strconv.Itoa(rateSize), "-segs", strconv.Itoa(gsoSegs))
+	if err != nil {
+		return err
+	}
+	t.addGoodput(m, fmt.Sprintf("%s, %s, %d × %d B per sendmsg (UDP_SEGMENT), UDP_GRO receiver", p.Label, f.Label, gsoSegs, rateSize))
+	return nil
+}
+
+// addGoodput adds the metrics of a goodput trial: payload per second,
+// payload per translator CPU second, and the peak RSS.
+func (t *Trial) addGoodput(m *measured, label string) {
 	t.add(secGoodput, "Goodput, "+label, "Mbit/s ↑", float64(t.Moved)*8/m.secs()/1e6)
 	if m.cpu() > 0 {
 		t.add(secPerCPU, "Goodput per translator CPU second, "+label, "MB/CPU-s ↑", float64(t.Moved)/m.cpu()/1e6)
 	}
 	t.add(secRSS, "Peak RSS under full load (largest of the goodput trials)", "MiB ↓", m.rss)
 	t.Metrics[len(t.Metrics)-1].MaxPerRep = true
-	return nil
 }
 
 // maxRate searches the highest rate of rateSize datagrams that crosses
@@ -392,7 +454,7 @@ func (b *Bench) maxRate(ctx context.Context, in *Instance, t *Trial, p Path, f F
 	if err := in.Err(); err != nil {
 		return err
 	}
-	t.checkVia()
+	t.checkVia(t.Moved)
 	t.note("steps %v", trace)
 	t.add(secRate, fmt.Sprintf("Highest rate with < 1%% loss, %s, %s, %d B", p.Label, f.Label, rateSize), "kdatagrams/s ↑", best/1e3)
 	return nil
@@ -445,7 +507,7 @@ func (b *Bench) requestResponse(_ context.Context, in *Instance, t *Trial, p Pat
 	t.Moved = res.Bytes
 	tap1, _ := in.TapBytes()
 	t.TapBytes = tap1 - tap0
-	t.checkVia()
+	t.checkVia(t.Moved)
 	if res.Lost > 0 || res.Bad > 0 {
 		t.note("%d requests lost, %d stale answers", res.Lost, res.Bad)
 	}
@@ -469,7 +531,7 @@ func (b *Bench) flows(ctx context.Context, in *Instance, t *Trial, n int) error 
 	warm := b.opt.Warmup + time.Duration(2*float64(n)/rate*float64(time.Second))
 	// Both translators open a host socket per flow (source port).
 	var sockets int
-	m, err := b.measure(ctx, in, t, p, p.Listen(f), rateSize, warm,
+	m, err := b.measure(ctx, in, t, p, p.Listen(f), rateSize, false, warm,
 		func() { sockets = len(procLines(b.probe.pid(), "udp")) },
 		"flows", "-to", p.To(f).String(), "-size", strconv.Itoa(rateSize),
 		"-flows", strconv.Itoa(n), "-rate", strconv.FormatFloat(rate, 'f', 0, 64))

@@ -41,13 +41,20 @@ const userHz = 100
 // configured and the forwarded ports are bound.
 const readyTimeout = 15 * time.Second
 
-// Translator is one of the two programs under comparison.
+// noOffload is the name of the variant of gopasst without tap offloads.
+const noOffload = "gopasst --no-offload"
+
+// Translator is one of the programs under comparison.
 type Translator struct {
-	// Name is "gopasst" or "pasta".
+	// Name is "gopasst", "pasta", or noOffload.
 	Name string
 	// Argv is the program and the arguments that come before the
-	// options: the gopasst binary and "pasta", or the reference pasta.
+	// options: the gopasst binary and "pasta" (and "--no-offload" for
+	// the variant), or the reference pasta.
 	Argv []string
+	// Variant marks a variant of gopasst, run only in the scenarios that
+	// ask for variants (see [Scenario]).
+	Variant bool
 }
 
 // translatorArgs are the options both translators get: configure the

@@ -19,7 +19,7 @@ func TestAutoForwarding(t *testing.T) {
 	// namespace lives on for a while.
 	p := pasta(t, sb, []string{"-d", "--udp-timeout", "1"}, "sh", "-c",
 		"sleep 1; "+udptool+" echo -l 0.0.0.0:7777 -count 1 -timeout 10s; sleep 6")
-	p.WaitLine(t, "ready", 10*time.Second)
+	p.WaitLine(t, "ready", 20*time.Second)
 	ready := time.Now()
 	for {
 		err := sb.Command(sb.HostNS, udptool, "send", "-to", "127.0.0.1:7777", "-count", "1", "-echo", "-wait", "200ms").Run()
@@ -65,7 +65,7 @@ func TestAutoForwardingReverse(t *testing.T) {
 		t.Fatalf("the namespace's 127.0.0.1:10070 was taken (%s): gopasst forwarded its own -u port back\n%s", line, p.Stderr())
 	}
 	echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", "127.0.0.1:7780", "-timeout", "20s")
-	echo.WaitLine(t, "ready", 5*time.Second)
+	echo.WaitLine(t, "ready", 20*time.Second)
 	ready := time.Now()
 	for {
 		// From inside the namespace (nsenter into the pasta child's

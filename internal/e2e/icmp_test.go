@@ -64,7 +64,7 @@ func TestPortUnreachable(t *testing.T) {
 func TestCountersOnSIGUSR1(t *testing.T) {
 	sb := sandbox.New(t)
 	echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", "127.0.0.1:5800", "-timeout", "20s")
-	echo.WaitLine(t, "ready", 5*time.Second)
+	echo.WaitLine(t, "ready", 20*time.Second)
 	p := pasta(t, sb, []string{"-q"}, "sh", "-c", udptool+" send -to 192.0.2.1:5800 -count 3 -size 100 -echo -connect; echo sent; sleep 3")
 	p.WaitLine(t, "sent", 10*time.Second)
 	// The counters move just after the frame is written, so the echo can
@@ -92,7 +92,7 @@ func TestCountersOnSIGUSR1(t *testing.T) {
 func TestMulticastNotForwarded(t *testing.T) {
 	sb := sandbox.New(t)
 	recv := sb.Start(t, sb.HostNS, udptool, "recv", "-l", "0.0.0.0:5353", "-count", "1", "-timeout", "2s")
-	recv.WaitLine(t, "ready", 5*time.Second)
+	recv.WaitLine(t, "ready", 20*time.Second)
 	p := pasta(t, sb, []string{"-d"}, "sh", "-c",
 		udptool+" send -to 224.0.0.251:5353 -count 2 -size 10; "+udptool+" send -to [ff02::fb%eth0]:5353 -count 2 -size 10; true")
 	wait(t, p, 0)
@@ -125,7 +125,7 @@ func TestFragmentsFromNamespace(t *testing.T) {
 				loop = "[::1]"
 			}
 			echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", loop+c.to[strings.LastIndex(c.to, ":"):], "-count", "2", "-timeout", "20s")
-			echo.WaitLine(t, "ready", 5*time.Second)
+			echo.WaitLine(t, "ready", 20*time.Second)
 			p := pasta(t, sb, []string{"-d", "-m", c.mtu}, udptool, "send", "-to", c.to, "-size", fmt.Sprint(c.size), "-count", "2", "-echo", "-connect")
 			wait(t, p, 0)
 			if r := parseSend(t, p.Stdout()); r.Received != 2 || r.Bad != 0 {
@@ -198,7 +198,7 @@ func TestReplyToClosedPort(t *testing.T) {
 	}
 	for _, to := range []string{"127.0.0.1:10090", "[::1]:10090"} {
 		p := pasta(t, sb, []string{"--no-splice", "-u", "10090"}, "env", replyEnv+"=10090", self)
-		p.WaitLine(t, "ready", 5*time.Second)
+		p.WaitLine(t, "ready", 20*time.Second)
 		if out, err := sb.Command(sb.HostNS, udptool, "send", "-to", to, "-count", "1").CombinedOutput(); err != nil {
 			t.Fatalf("send: %v %s", err, out)
 		}

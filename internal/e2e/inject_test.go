@@ -99,7 +99,7 @@ func TestMalformedFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 	echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", "127.0.0.1:5400", "-timeout", "30s")
-	echo.WaitLine(t, "ready", 5*time.Second)
+	echo.WaitLine(t, "ready", 20*time.Second)
 	script := fmt.Sprintf("%s=eth0 %s && %s send -to 192.0.2.1:5400 -count 3 -echo -connect", injectEnv, self, udptool)
 	p := pasta(t, sb, []string{"-d"}, "sh", "-c", script)
 	wait(t, p, 0)

@@ -14,7 +14,7 @@ import (
 func echoAt(t *testing.T, sb *sandbox.Sandbox, ns, addr string) {
 	t.Helper()
 	e := sb.Start(t, ns, udptool, "echo", "-l", addr, "-timeout", "30s")
-	e.WaitLine(t, "ready", 5*time.Second)
+	e.WaitLine(t, "ready", 20*time.Second)
 }
 
 // exchange runs pasta with args and, inside, one echo exchange with to;
@@ -58,7 +58,7 @@ func TestAddressMapping(t *testing.T) {
 			t.Fatalf("%v %s", err, out)
 		}
 		e := sb.Start(t, sb.WorldNS, udptool, "echo", "-l", "198.51.100.1:5604", "-count", "4", "-timeout", "20s")
-		e.WaitLine(t, "ready", 5*time.Second)
+		e.WaitLine(t, "ready", 20*time.Second)
 		exchange(t, sb, []string{"-o", "192.0.2.3"}, "198.51.100.1:5604")
 		exchange(t, sb, []string{"--outbound-if4", "eth0"}, "198.51.100.1:5604")
 		wait(t, e, 0)

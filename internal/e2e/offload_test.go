@@ -94,8 +94,14 @@ func gsoRecv(listen string, gro bool, seg, per, last, total int) error {
 		return err
 	}
 	defer c.Close()
+	// Room for every datagram of the run even if this process does not
+	// get the CPU while they arrive (a loaded test machine).
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	_ = rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20) })
 	if gro {
-		rc, _ := c.SyscallConn()
 		var serr error
 		if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1) }); err != nil {
 			return err
@@ -208,7 +214,7 @@ func TestSegmentationOffload(t *testing.T) {
 						case "ns-to-host", "splice-ns-to-host":
 							recv = sb.Start(t, sb.HostNS, "env", append([]string{gsoEnv + "=recv", self, ap(f.loopback, uint16(port)), g},
 								args(seg, per, last, total)...)...)
-							recv.WaitLine(t, "ready", 5*time.Second)
+							recv.WaitLine(t, "ready", 20*time.Second)
 							to := ap(f.gw, uint16(port))
 							if path == "splice-ns-to-host" {
 								to = ap(f.loopback, uint16(port))
@@ -223,7 +229,7 @@ func TestSegmentationOffload(t *testing.T) {
 							opts = append(opts, "-u", fmt.Sprint(port))
 							p = pasta(t, sb, opts, append([]string{"env", gsoEnv + "=recv", self, ap(f.anyAddr, uint16(port)), g},
 								args(seg, per, last, total)...)...)
-							p.WaitLine(t, "ready", 10*time.Second)
+							p.WaitLine(t, "ready", 20*time.Second)
 							to := ap(f.host, uint16(port))
 							if path == "splice-host-to-ns" {
 								to = ap(f.loopback, uint16(port))

@@ -392,7 +392,7 @@ func TestPasstUDP(t *testing.T) {
 		t.Run(f.name, func(t *testing.T) {
 			g.t = t
 			echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", ap(f.loopback, 5500), "-timeout", "20s")
-			echo.WaitLine(t, "ready", 5*time.Second)
+			echo.WaitLine(t, "ready", 20*time.Second)
 			// An address the guest was not given is served too; the
 			// one it used last is where forwarded datagrams go.
 			guestAddrs := []netip.Addr{netip.MustParseAddr("192.0.2.77"), f.host}

@@ -162,7 +162,7 @@ func TestNamespaceToHostGateway(t *testing.T) {
 				port := uint16(5000 + i)
 				srcPort := uint16(40100 + i)
 				echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", ap(f.loopback, port), "-count", "3", "-timeout", "20s")
-				echo.WaitLine(t, "ready", 5*time.Second)
+				echo.WaitLine(t, "ready", 20*time.Second)
 				p := pasta(t, sb, nil, udptool, "send", "-to", ap(f.gw, port), "-from", ap(f.anyAddr, srcPort),
 					"-size", fmt.Sprint(size), "-count", "3", "-echo", "-connect")
 				wait(t, p, 0)
@@ -188,7 +188,7 @@ func TestNamespaceToRemote(t *testing.T) {
 	for _, f := range families {
 		t.Run(f.name, func(t *testing.T) {
 			echo := sb.Start(t, sb.WorldNS, udptool, "echo", "-l", ap(f.remote, 7000), "-count", "4", "-timeout", "20s")
-			echo.WaitLine(t, "ready", 5*time.Second)
+			echo.WaitLine(t, "ready", 20*time.Second)
 			p := pasta(t, sb, nil, "sh", "-c", fmt.Sprintf("%s send -to %s -size 1372 -count 2 -echo -connect && %s send -to %s -size 65000 -count 2 -echo",
 				udptool, ap(f.remote, 7000), udptool, ap(f.remote, 7000)))
 			wait(t, p, 0)
@@ -269,7 +269,7 @@ func TestConcurrentFlows(t *testing.T) {
 	for _, f := range families {
 		t.Run(f.name, func(t *testing.T) {
 			echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", ap(f.loopback, 5100), "-timeout", "30s")
-			echo.WaitLine(t, "ready", 5*time.Second)
+			echo.WaitLine(t, "ready", 20*time.Second)
 			// One exchange first, so the namespace has resolved its
 			// gateway: a burst of new flows would otherwise overflow
 			// the kernel's queue of packets waiting for ARP or NDP.
@@ -289,7 +289,7 @@ func TestConcurrentFlows(t *testing.T) {
 func TestFlowExpiry(t *testing.T) {
 	sb := sandbox.New(t)
 	echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", "127.0.0.1:5200", "-timeout", "30s")
-	echo.WaitLine(t, "ready", 5*time.Second)
+	echo.WaitLine(t, "ready", 20*time.Second)
 	p := pasta(t, sb, []string{"-d", "--udp-timeout", "2"}, "sh", "-c",
 		udptool+" send -to 192.0.2.1:5200 -from 0.0.0.0:40999 -count 1 -echo -connect && sleep 5")
 	p.WaitLine(t, `"sent"`, 10*time.Second)
@@ -345,9 +345,9 @@ func TestUnprivileged(t *testing.T) {
 		t.Skipf("cannot make /dev/net/tun usable: %v", err)
 	}
 	echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", "127.0.0.1:5300", "-timeout", "30s")
-	echo.WaitLine(t, "ready", 5*time.Second)
+	echo.WaitLine(t, "ready", 20*time.Second)
 	echo6 := sb.Start(t, sb.WorldNS, udptool, "echo", "-l", ap(sandbox.RemoteAddr6, 5300), "-timeout", "30s")
-	echo6.WaitLine(t, "ready", 5*time.Second)
+	echo6.WaitLine(t, "ready", 20*time.Second)
 	inner := fmt.Sprintf("id -u; %[1]s send -to 192.0.2.1:5300 -size 1372 -count 3 -echo -connect && %[1]s send -to %[2]s -size 1372 -count 3 -echo -connect; exit 5",
 		udptool, ap(sandbox.RemoteAddr6, 5300))
 	shell := fmt.Sprintf("%s pasta --config-net -- sh -c '%s'", gopasst, inner)
@@ -435,11 +435,11 @@ func TestLargestDatagrams(t *testing.T) {
 	} {
 		t.Run(c.f.name, func(t *testing.T) {
 			echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", ap(c.f.loopback, c.outPort), "-count", "1", "-timeout", "20s")
-			echo.WaitLine(t, "ready", 5*time.Second)
+			echo.WaitLine(t, "ready", 20*time.Second)
 			script := fmt.Sprintf("%[1]s send -to %[2]s -size %[3]d -count 1 -echo -connect && %[1]s recv -l %[4]s -count 1 -timeout 10s",
 				udptool, ap(c.f.gw, c.outPort), c.out, ap(c.f.anyAddr, c.inPort))
 			p := pasta(t, sb, []string{"-u", fmt.Sprint(c.inPort)}, "sh", "-c", script)
-			p.WaitLine(t, "ready", 10*time.Second)
+			p.WaitLine(t, "ready", 20*time.Second)
 			if out, err := sb.Command(sb.HostNS, udptool, "send", "-to", ap(c.f.loopback, c.inPort), "-size", fmt.Sprint(c.in), "-count", "1").CombinedOutput(); err != nil {
 				t.Fatalf("send: %v %s", err, out)
 			}

@@ -21,7 +21,7 @@ import (
 func TestPcap(t *testing.T) {
 	sb := sandbox.New(t)
 	echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", "127.0.0.1:5900", "-timeout", "20s")
-	echo.WaitLine(t, "ready", 5*time.Second)
+	echo.WaitLine(t, "ready", 20*time.Second)
 	file := filepath.Join(t.TempDir(), "capture.pcap")
 	p := pasta(t, sb, []string{"-p", file}, udptool, "send", "-to", "192.0.2.1:5900", "-from", "0.0.0.0:41900", "-count", "3", "-size", "1372", "-echo", "-connect")
 	wait(t, p, 0)
@@ -63,7 +63,7 @@ func TestPcap(t *testing.T) {
 func TestFragmentsToGuest(t *testing.T) {
 	sb := sandbox.New(t)
 	echo := sb.Start(t, sb.HostNS, udptool, "echo", "-l", "127.0.0.1:5952", "-timeout", "20s")
-	echo.WaitLine(t, "ready", 5*time.Second)
+	echo.WaitLine(t, "ready", 20*time.Second)
 	file := filepath.Join(t.TempDir(), "capture.pcap")
 	p := pasta(t, sb, []string{"-m", "1500", "-p", file}, udptool, "send", "-to", "192.0.2.1:5952", "-size", "9000", "-count", "2", "-echo", "-connect")
 	wait(t, p, 0)

@@ -21,7 +21,7 @@ func TestSplice(t *testing.T) {
 			// In the namespace: echo servers for -u; then, once the host
 			// side is ready, a client for -U.
 			hostEcho := sb.Start(t, sb.HostNS, udptool, "echo", "-l", ap(f.loopback, 10030), "-count", "4", "-timeout", "20s")
-			hostEcho.WaitLine(t, "ready", 5*time.Second)
+			hostEcho.WaitLine(t, "ready", 20*time.Second)
 			script := fmt.Sprintf("%[1]s echo -l %[2]s -count 4 -timeout 20s & %[1]s echo -l %[3]s -count 2 -timeout 20s & "+
 				"%[1]s send -to %[4]s -from %[5]s -size 65000 -count 2 -echo -connect && "+
 				"%[1]s send -to %[4]s -from %[5]s -size 1372 -count 2 -echo -connect; wait",
@@ -80,7 +80,7 @@ func TestSpliceTargets(t *testing.T) {
 	run := func(args []string, listen string, wantOK bool, wantPeer string) {
 		t.Helper()
 		p := pasta(t, sb, append([]string{"-u", "10040"}, args...), udptool, "echo", "-l", listen, "-count", "1", "-timeout", "3s")
-		p.WaitLine(t, "ready", 5*time.Second)
+		p.WaitLine(t, "ready", 20*time.Second)
 		err := sb.Command(sb.HostNS, udptool, "send", "-to", "127.0.0.1:10040", "-from", "127.0.0.1:45200", "-count", "1",
 			"-echo", "-connect", "-wait", "1s").Run()
 		if (err == nil) != wantOK {

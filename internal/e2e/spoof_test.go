@@ -92,8 +92,8 @@ func TestSpoofedSources(t *testing.T) {
 	}
 	echo4 := sb.Start(t, sb.HostNS, udptool, "echo", "-l", "127.0.0.1:5410", "-timeout", "3s")
 	echo6 := sb.Start(t, sb.HostNS, udptool, "echo", "-l", "[::1]:5411", "-timeout", "3s")
-	echo4.WaitLine(t, "ready", 5*time.Second)
-	echo6.WaitLine(t, "ready", 5*time.Second)
+	echo4.WaitLine(t, "ready", 20*time.Second)
+	echo6.WaitLine(t, "ready", 20*time.Second)
 	script := fmt.Sprintf("%s=eth0 %s && %s send -to 192.0.2.1:5410 -count 2 -echo && %s send -to [2001:db8::1]:5411 -count 2 -echo",
 		spoofEnv, self, udptool, udptool)
 	p := pasta(t, sb, []string{"-d", "-u", "none"}, "sh", "-c", script)

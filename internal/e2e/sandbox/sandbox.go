@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -73,38 +74,67 @@ type Sandbox struct {
 	closed bool
 }
 
+// ErrUnavailable is wrapped by the errors of [Create] that mean this
+// machine or user cannot have a sandbox at all (not root, no ip command,
+// namespaces not permitted), as opposed to a setup that went wrong.
+var ErrUnavailable = errors.New("sandbox unavailable")
+
 // New creates a sandbox and registers a cleanup on t that kills the
 // processes it started and deletes both namespaces. It skips t if not run
 // as root or if the ip command is missing, and fails t if the setup fails.
 func New(t testing.TB) *Sandbox {
 	t.Helper()
+	s, err := Create()
+	if errors.Is(err, ErrUnavailable) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+// Create creates a sandbox for a program that is not a test (the soak
+// tool, for one). The caller must call [Sandbox.Close]. Errors that mean
+// no sandbox is possible here wrap [ErrUnavailable].
+func Create() (*Sandbox, error) {
 	if os.Geteuid() != 0 {
-		t.Skip("sandbox: needs root")
+		return nil, fmt.Errorf("sandbox: needs root: %w", ErrUnavailable)
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("sandbox: ip command not found")
+		return nil, fmt.Errorf("sandbox: ip command not found: %w", ErrUnavailable)
 	}
 	var rnd [4]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	suffix := hex.EncodeToString(rnd[:])
 	s := &Sandbox{HostNS: HostNSPrefix + suffix, WorldNS: WorldNSPrefix + suffix}
 
 	if out, err := ipCmd("netns", "add", s.HostNS); err != nil {
 		if strings.Contains(out, "Operation not permitted") || strings.Contains(out, "Permission denied") {
-			t.Skipf("sandbox: cannot create network namespaces: %s", out)
+			return nil, fmt.Errorf("sandbox: cannot create network namespaces: %s: %w", out, ErrUnavailable)
 		}
-		t.Fatalf("sandbox: ip netns add %s: %v: %s", s.HostNS, err, out)
+		return nil, fmt.Errorf("sandbox: ip netns add %s: %v: %s", s.HostNS, err, out)
 	}
-	t.Cleanup(func() { s.cleanup(t) })
+	fail := func(err error) (*Sandbox, error) {
+		if cerr := s.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		return nil, err
+	}
 	if out, err := ipCmd("netns", "add", s.WorldNS); err != nil {
-		t.Fatalf("sandbox: ip netns add %s: %v: %s", s.WorldNS, err, out)
+		return fail(fmt.Errorf("sandbox: ip netns add %s: %v: %s", s.WorldNS, err, out))
 	}
 	if err := s.setup(); err != nil {
-		t.Fatalf("sandbox: %v", err)
+		return fail(fmt.Errorf("sandbox: %w", err))
 	}
-	return s
+	return s, nil
 }
 
 // setup configures interfaces, addresses and routes.
@@ -233,24 +263,34 @@ func (s *Sandbox) Command(ns string, name string, args ...string) *exec.Cmd {
 // if the process cannot be started.
 func (s *Sandbox) Start(t testing.TB, ns string, name string, args ...string) *Proc {
 	t.Helper()
-	p := newProc(s.Command(ns, name, args...))
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		t.Fatalf("sandbox: Start after cleanup")
+	p, err := s.Spawn(ns, name, args...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := p.start(); err != nil {
-		s.mu.Unlock()
-		t.Fatalf("sandbox: start %s: %v", name, err)
-	}
-	s.procs = append(s.procs, p)
-	s.mu.Unlock()
 	t.Cleanup(func() { p.stop() })
 	return p
 }
 
-// cleanup kills the sandbox's processes and deletes its namespaces.
-func (s *Sandbox) cleanup(t testing.TB) {
+// Spawn is [Sandbox.Start] for programs that are not tests: it returns
+// an error instead of failing a test, and the process is killed by
+// [Sandbox.Close] (or [Proc.Kill]).
+func (s *Sandbox) Spawn(ns string, name string, args ...string) (*Proc, error) {
+	p := newProc(s.Command(ns, name, args...))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errors.New("sandbox: Start after cleanup")
+	}
+	if err := p.start(); err != nil {
+		return nil, fmt.Errorf("sandbox: start %s: %v", name, err)
+	}
+	s.procs = append(s.procs, p)
+	return p, nil
+}
+
+// Close kills the sandbox's processes and deletes its namespaces. Tests
+// do not call it: [New] registers it as a cleanup.
+func (s *Sandbox) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	procs := s.procs
@@ -259,17 +299,19 @@ func (s *Sandbox) cleanup(t testing.TB) {
 	for _, p := range procs {
 		p.stop()
 	}
+	var errs []error
 	for _, ns := range []string{s.HostNS, s.WorldNS} {
 		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err != nil {
 			continue
 		}
 		if err := killNamespaceProcs(ns); err != nil {
-			t.Errorf("sandbox: %v", err)
+			errs = append(errs, fmt.Errorf("sandbox: %v", err))
 		}
 		if out, err := ipCmd("netns", "del", ns); err != nil {
-			t.Errorf("sandbox: ip netns del %s: %v: %s", ns, err, out)
+			errs = append(errs, fmt.Errorf("sandbox: ip netns del %s: %v: %s", ns, err, out))
 		}
 	}
+	return errors.Join(errs...)
 }
 
 // killNamespaceProcs kills the processes inside network namespace ns that

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -512,12 +513,20 @@ func newInjector(ifname string, seed uint64) (*injector, error) {
 	if err != nil {
 		return nil, err
 	}
-	stat := filepath.Join("/sys/class/net", ifname, "statistics/tx_dropped")
+	// /proc/net/dev, not /sys/class/net: that shows the namespace /sys
+	// was mounted in, not ours.
 	dropped := func() uint64 {
-		var n uint64
-		b, _ := os.ReadFile(stat)
-		fmt.Sscan(string(b), &n)
-		return n
+		b, _ := os.ReadFile("/proc/net/dev")
+		for _, line := range strings.Split(string(b), "\n") {
+			name, rest, ok := strings.Cut(line, ":")
+			// Receive: bytes packets errs drop fifo frame compressed
+			// multicast; transmit: bytes packets errs drop ...
+			if f := strings.Fields(rest); ok && strings.TrimSpace(name) == ifname && len(f) > 11 {
+				n, _ := strconv.ParseUint(f[11], 10, 64)
+				return n
+			}
+		}
+		return 0
 	}
 	return &injector{fd: fd, sa: unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}, mac: ifi.HardwareAddr,
 		rng: rand.New(rand.NewPCG(seed, 0x1417)), dropped: dropped,

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gopasst/gopasst/internal/e2e/sandbox"
+	"github.com/gopasst/gopasst/internal/e2e/watch"
 )
 
 // options are the soak's settings (see the flags in main).
@@ -150,7 +151,7 @@ func run(o options, w io.Writer) error {
 	if _, err := gp.AwaitLine("ready ns", 20*time.Second); err != nil {
 		return err
 	}
-	pid, err := readPID(pidFile)
+	pid, err := watch.ReadPID(pidFile)
 	if err != nil {
 		return err
 	}
@@ -239,20 +240,4 @@ func run(o options, w io.Writer) error {
 		return errors.New(strings.Join(r.violations, "; "))
 	}
 	return nil
-}
-
-// readPID reads gopasst's PID file (-P), waiting for it to appear.
-func readPID(path string) (int, error) {
-	for i := 0; ; i++ {
-		b, err := os.ReadFile(path)
-		if err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				return pid, nil
-			}
-		}
-		if i == 50 {
-			return 0, fmt.Errorf("no PID in %s", path)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }

@@ -1,16 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"io"
-	"os"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/gopasst/gopasst/internal/e2e/sandbox"
+	"github.com/gopasst/gopasst/internal/e2e/watch"
 )
 
 // sample is one look at the gopasst process.
@@ -27,148 +24,32 @@ type sample struct {
 // c returns counter name, or 0.
 func (s *sample) c(name string) int64 { return s.Counters[name] }
 
-// monitor samples a running gopasst: /proc for descriptors, threads and
-// resident memory, SIGUSR1 for its own counters.
+// monitor samples a running gopasst: /proc for descriptors, threads,
+// resident memory and CPU time, SIGUSR1 for its own counters (package
+// watch).
 type monitor struct {
 	pid  int
 	proc *sandbox.Proc // gopasst: its stderr carries the counter dumps
-}
-
-// procStatus reads the Threads and VmRSS lines of /proc/PID/status.
-func procStatus(pid int) (threads, rssKiB int, err error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		fields := strings.Fields(v)
-		if len(fields) == 0 {
-			continue
-		}
-		switch k {
-		case "Threads":
-			threads, _ = strconv.Atoi(fields[0])
-		case "VmRSS":
-			rssKiB, _ = strconv.Atoi(fields[0])
-		}
-	}
-	return threads, rssKiB, sc.Err()
-}
-
-// countFDs counts the entries of /proc/PID/fd.
-func countFDs(pid int) (int, error) {
-	d, err := os.Open(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer d.Close()
-	n := 0
-	for {
-		names, err := d.Readdirnames(1024)
-		n += len(names)
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-	}
-}
-
-// dumpEnd is the last line of a counter dump (see stats.Counters.String).
-const dumpEnd = "goroutines: "
-
-// counters makes gopasst dump its counters (SIGUSR1) and parses the dump.
-func (m *monitor) counters() (map[string]int64, error) {
-	start := len(m.proc.Stderr())
-	if err := m.proc.Signal(syscall.SIGUSR1); err != nil {
-		return nil, err
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		out := m.proc.Stderr()[start:]
-		if i := strings.Index(out, dumpEnd); i >= 0 && strings.Contains(out[i:], "\n") {
-			return parseDump(out), nil
-		}
-		select {
-		case <-m.proc.Done():
-			return nil, fmt.Errorf("gopasst exited:\n%s", m.proc.Stderr())
-		default:
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("no counter dump within 5 s of SIGUSR1")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// parseDump reads the "name: value" lines of one counter dump, up to and
-// including the goroutines line; other lines (warnings) are skipped.
-func parseDump(out string) map[string]int64 {
-	c := map[string]int64{}
-	for _, line := range strings.Split(out, "\n") {
-		k, v, ok := strings.Cut(line, ": ")
-		if !ok {
-			continue
-		}
-		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil {
-			continue
-		}
-		c[k] = n
-		if k == "goroutines" {
-			break
-		}
-	}
-	return c
 }
 
 // take takes a sample; at is its time relative to the start of the load.
 func (m *monitor) take(at time.Duration) (sample, error) {
 	s := sample{At: at}
 	var err error
-	if s.FDs, err = countFDs(m.pid); err != nil {
+	if s.FDs, err = watch.FDs(m.pid); err != nil {
 		return s, err
 	}
-	if s.Threads, s.RSSKiB, err = procStatus(m.pid); err != nil {
+	if s.Threads, s.RSSKiB, err = watch.Status(m.pid); err != nil {
 		return s, err
 	}
-	if s.CPU, err = cpuTime(m.pid); err != nil {
+	if s.CPU, err = watch.CPU(m.pid); err != nil {
 		return s, err
 	}
-	if s.Counters, err = m.counters(); err != nil {
+	if s.Counters, err = watch.Counters(m.proc); err != nil {
 		return s, err
 	}
-	s.FDsAfter, err = countFDs(m.pid)
+	s.FDsAfter, err = watch.FDs(m.pid)
 	return s, err
-}
-
-// clockTick is the unit of the times in /proc/PID/stat (USER_HZ, 100 on
-// every Linux architecture Go supports).
-const clockTick = 10 * time.Millisecond
-
-// cpuTime reads the user and system time of pid from /proc/PID/stat.
-func cpuTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name, in parentheses, may contain spaces: count the
-	// fields after it. utime and stime are fields 14 and 15.
-	i := strings.LastIndexByte(string(b), ')')
-	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || len(f) < 13 {
-		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
-	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	s, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u+s) * clockTick, nil
 }
 
 // tableHeader and row print samples as a table.

@@ -99,7 +99,7 @@ const (
 // pathStats counts the flows and datagrams of one path (client side).
 type pathStats struct {
 	Name       string `json:"name"`
-	Flows      uint64 `json:"flows"`
+	Flows      uint64 `json:"flows"` // flows that sent at least one datagram
 	Sent       uint64 `json:"sent"`
 	Bytes      uint64 `json:"bytes"`
 	Echoed     uint64 `json:"echoed"`
@@ -414,7 +414,6 @@ func (c *client) run() {
 		}
 		flow := c.id | flows
 		flows++
-		atomic.AddUint64(&c.st.Flows, 1)
 		for seq := uint32(0); seq < uint32(1+c.rng.IntN(4)) && !c.stop.Load(); seq++ {
 			size := randomSize(c.rng, maxSize)
 			fill(out[:size], flow, seq)
@@ -430,6 +429,9 @@ func (c *client) run() {
 					atomic.AddUint64(&c.st.SendErrors, 1)
 				}
 				continue
+			}
+			if seq == 0 {
+				atomic.AddUint64(&c.st.Flows, 1)
 			}
 			atomic.AddUint64(&c.st.Sent, 1)
 			atomic.AddUint64(&c.st.Bytes, uint64(size))

@@ -38,7 +38,9 @@
 // (/proc/PID/fd), threads and resident memory (/proc/PID/status), and its
 // own counters, goroutines included (SIGUSR1). After the warm-up, the
 // last third of the samples must not exceed the first third beyond the
-// tolerances. When the load stops, every flow must expire within the flow
+// tolerances in resident memory, threads, goroutines and descriptors not
+// held by live flows (the raw count of descriptors follows the load, and
+// the load the CPU time the machine spares). When the load stops, every flow must expire within the flow
 // timeout (--udp-timeout, 2 s by default) with all its sockets: no active
 // flows, as many expired as created, descriptors and goroutines back at
 // their idle values. No datagram may be corrupt; lost ones are counted,

@@ -34,8 +34,7 @@ type options struct {
 	// against the first third.
 	rssSlack    float64 // relative, on the mean
 	rssSlackMiB float64 // plus absolute
-	fdSlack     float64 // relative, on the mean
-	fdSlackAbs  float64 // plus absolute
+	fdSlack     float64 // on the mean of descriptors not held by flows
 	threadSlack int     // on the maximum
 	gorSlack    int     // on the maximum
 }
@@ -44,7 +43,7 @@ type options struct {
 func defaults() options {
 	return options{duration: 10 * time.Minute, interval: 5 * time.Second, udpTimeout: 2, mtu: 1500,
 		workers: 1, pause: 10 * time.Millisecond, seed: 1, maxLoss: 0.02,
-		rssSlack: 0.10, rssSlackMiB: 4, fdSlack: 0.5, fdSlackAbs: 32, threadSlack: 2, gorSlack: 2}
+		rssSlack: 0.10, rssSlackMiB: 4, fdSlack: 16, threadSlack: 2, gorSlack: 2}
 }
 
 func main() {
@@ -155,7 +154,7 @@ func run(o options, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "gopasst %s (pid %d)\n", strings.Join(args[:len(args)-len(agentArgs("ns"))-3], " "), pid)
+	fmt.Fprintf(w, "gopasst %s -- [namespace agent] (pid %d)\n", strings.Join(args[:len(args)-len(agentArgs("ns"))-4], " "), pid)
 	m := &monitor{pid: pid, proc: gp}
 
 	// Baseline: the idle process, once its descriptors settled.

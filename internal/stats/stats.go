@@ -9,6 +9,7 @@ package stats
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"sync/atomic"
 
@@ -76,7 +77,8 @@ func (c *Counters) DropFrame(d packet.Drop) {
 	c.Malformed[d].Add(1)
 }
 
-// String renders all counters, one "name: value" per line.
+// String renders all counters, one "name: value" per line, and ends with
+// the number of goroutines.
 func (c *Counters) String() string {
 	var b strings.Builder
 	line := func(name string, v any) { fmt.Fprintf(&b, "%s: %v\n", name, v) }
@@ -103,5 +105,8 @@ func (c *Counters) String() string {
 	for d := packet.Drop(1); d < packet.NumDrops; d++ {
 		line("malformed "+d.String(), c.Malformed[d].Load())
 	}
+	// Not a counter, but what a leak would show first; the soak tool
+	// (internal/e2e/soak) watches it, and a dump ends with it.
+	line("goroutines", runtime.NumGoroutine())
 	return b.String()
 }

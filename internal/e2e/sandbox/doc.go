@@ -18,7 +18,8 @@
 // addresses are usable as soon as [New] returns. Processes started with
 // [Sandbox.Start] are killed, and both namespaces deleted, by a cleanup
 // function registered on the test. Programs that are not tests (the
-// benchmark in bench/) use [Create] and [Sandbox.Close] instead.
+// benchmark in bench/, the soak tool) use [Create], [Sandbox.Spawn] and
+// [Sandbox.Close] instead.
 //
 // The package needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and the ip
 // command; [New] skips the test otherwise.

@@ -124,6 +124,17 @@ func (p *Proc) Signal(sig os.Signal) error {
 // t.Fatal, it must be called from the goroutine running the test.
 func (p *Proc) WaitLine(t testing.TB, substr string, timeout time.Duration) string {
 	t.Helper()
+	line, err := p.AwaitLine(substr, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return line
+}
+
+// AwaitLine is [Proc.WaitLine] for programs that are not tests: it
+// returns an error, with the process's output, if the process exits or
+// timeout expires before such a line.
+func (p *Proc) AwaitLine(substr string, timeout time.Duration) (string, error) {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
@@ -145,19 +156,19 @@ func (p *Proc) WaitLine(t testing.TB, substr string, timeout time.Duration) stri
 		}
 		for _, l := range lines {
 			if strings.Contains(l, substr) {
-				return l
+				return l, nil
 			}
 		}
 		if exited {
 			code, err := p.Wait(0)
-			t.Fatalf("sandbox: %s exited (code %d, %v) without printing %q\nstdout:\n%s\nstderr:\n%s",
+			return "", fmt.Errorf("sandbox: %s exited (code %d, %v) without printing %q\nstdout:\n%s\nstderr:\n%s",
 				p.name(), code, err, substr, out, p.Stderr())
 		}
 		select {
 		case <-changed:
 		case <-p.done:
 		case <-timer.C:
-			t.Fatalf("sandbox: %s did not print %q within %v\nstdout:\n%s\nstderr:\n%s",
+			return "", fmt.Errorf("sandbox: %s did not print %q within %v\nstdout:\n%s\nstderr:\n%s",
 				p.name(), substr, timeout, p.Stdout(), p.Stderr())
 		}
 	}

@@ -123,20 +123,17 @@ func Create() (*Sandbox, error) {
 		}
 		return nil, fmt.Errorf("sandbox: ip netns add %s: %v: %s", s.HostNS, err, out)
 	}
-	err := func() error {
-		if out, err := ipCmd("netns", "add", s.WorldNS); err != nil {
-			return fmt.Errorf("sandbox: ip netns add %s: %v: %s", s.WorldNS, err, out)
-		}
-		if err := s.setup(); err != nil {
-			return fmt.Errorf("sandbox: %v", err)
-		}
-		return nil
-	}()
-	if err != nil {
+	fail := func(err error) (*Sandbox, error) {
 		if cerr := s.Close(); cerr != nil {
-			err = fmt.Errorf("%w; %v", err, cerr)
+			err = errors.Join(err, cerr)
 		}
 		return nil, err
+	}
+	if out, err := ipCmd("netns", "add", s.WorldNS); err != nil {
+		return fail(fmt.Errorf("sandbox: ip netns add %s: %v: %s", s.WorldNS, err, out))
+	}
+	if err := s.setup(); err != nil {
+		return fail(fmt.Errorf("sandbox: %w", err))
 	}
 	return s, nil
 }
@@ -267,20 +264,29 @@ func (s *Sandbox) Command(ns string, name string, args ...string) *exec.Cmd {
 // if the process cannot be started.
 func (s *Sandbox) Start(t testing.TB, ns string, name string, args ...string) *Proc {
 	t.Helper()
-	p := newProc(s.Command(ns, name, args...))
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		t.Fatalf("sandbox: Start after cleanup")
+	p, err := s.Spawn(ns, name, args...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := p.start(); err != nil {
-		s.mu.Unlock()
-		t.Fatalf("sandbox: start %s: %v", name, err)
-	}
-	s.procs = append(s.procs, p)
-	s.mu.Unlock()
 	t.Cleanup(func() { p.stop() })
 	return p
+}
+
+// Spawn is [Sandbox.Start] for programs that are not tests: it returns
+// an error instead of failing a test, and the process is killed by
+// [Sandbox.Close] (or [Proc.Kill]).
+func (s *Sandbox) Spawn(ns string, name string, args ...string) (*Proc, error) {
+	p := newProc(s.Command(ns, name, args...))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errors.New("sandbox: Start after cleanup")
+	}
+	if err := p.start(); err != nil {
+		return nil, fmt.Errorf("sandbox: start %s: %v", name, err)
+	}
+	s.procs = append(s.procs, p)
+	return p, nil
 }
 
 // Close kills the processes started in the sandbox (with [Sandbox.Start],

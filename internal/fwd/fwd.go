@@ -96,11 +96,16 @@ const (
 // datagram described by ini (EAddr:EPort the guest's source, FAddr:FPort the
 // destination it used). The target's FAddr is the address to bind (possibly
 // unspecified) and FPort the guest's source port, kept where possible.
+//
+// Loopback addresses never come from the guest's link: the guest reaches
+// the host's loopback only through the address that stands for it, so that
+// --no-map-gw keeps it out, and a datagram to or from a loopback address is
+// refused (its replies would reach the guest from a loopback address).
 func (r *Rules) FromTap(ini flow.Side) (flow.Side, Verdict) {
-	if !unicast(ini.EAddr) || ini.EPort == 0 {
+	if !unicast(ini.EAddr) || ini.EAddr.IsLoopback() || ini.EPort == 0 {
 		return flow.Side{}, BadSource
 	}
-	if !unicast(ini.FAddr) || ini.FPort == 0 {
+	if !unicast(ini.FAddr) || ini.FAddr.IsLoopback() || ini.FPort == 0 {
 		return flow.Side{}, BadDest
 	}
 	if !r.familyOn(ini.FAddr) {
@@ -338,9 +343,10 @@ func (g *Guest) Addr6() netip.Addr { return *g.addr6.Load() }
 
 // SeeAddr records the source address of a datagram from the guest. For
 // IPv6 only global unicast addresses are kept: replies to a link-local
-// address could not be routed by the guest's peers.
+// address could not be routed by the guest's peers. Loopback addresses,
+// which a guest's link never carries, are not kept either.
 func (g *Guest) SeeAddr(a netip.Addr) {
-	if !unicast(a) {
+	if !unicast(a) || a.IsLoopback() {
 		return
 	}
 	p := &g.addr4

@@ -102,7 +102,7 @@ const (
 // --no-map-gw keeps it out, and a datagram to or from a loopback address is
 // refused (its replies would reach the guest from a loopback address).
 func (r *Rules) FromTap(ini flow.Side) (flow.Side, Verdict) {
-	if !unicast(ini.EAddr) || ini.EAddr.IsLoopback() || ini.EPort == 0 {
+	if !GuestSource(ini.EAddr) || ini.EPort == 0 {
 		return flow.Side{}, BadSource
 	}
 	if !unicast(ini.FAddr) || ini.FAddr.IsLoopback() || ini.FPort == 0 {
@@ -275,6 +275,14 @@ func (r *Rules) familyOn(a netip.Addr) bool {
 	return r.IPv6
 }
 
+// GuestSource reports whether a can be the source address of a datagram
+// from the guest: the address of a single host (not unspecified,
+// multicast or broadcast), and not a loopback address, which a guest's
+// link never carries.
+func GuestSource(a netip.Addr) bool {
+	return unicast(a) && !a.IsLoopback()
+}
+
 // unicast reports whether a can be the address of a single peer.
 func unicast(a netip.Addr) bool {
 	if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
@@ -346,7 +354,7 @@ func (g *Guest) Addr6() netip.Addr { return *g.addr6.Load() }
 // address could not be routed by the guest's peers. Loopback addresses,
 // which a guest's link never carries, are not kept either.
 func (g *Guest) SeeAddr(a netip.Addr) {
-	if !unicast(a) || a.IsLoopback() {
+	if !GuestSource(a) {
 		return
 	}
 	p := &g.addr4

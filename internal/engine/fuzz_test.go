@@ -43,13 +43,14 @@ import (
 // The guest's datagrams leave through real host sockets, so the fuzzer
 // must not be able to send anything anywhere but a loopback interface:
 //
-//   - As root (CI), every exec runs in a network namespace of its own,
-//     created for the test, holding only lo and a dummy device (which
-//     drops whatever is routed to it) with default routes. The engine's
-//     tap reader, the only part that creates sockets for the guest's
-//     datagrams (the splice path, which would create others, is off), runs
-//     on a thread inside it, and each batch checks that it still does.
-//     Nothing sent there can leave the namespace.
+//   - As root (CI), every exec runs in a network namespace the test
+//     created (one per fuzzing process), holding only lo and a dummy
+//     device (which drops whatever is routed to it) with default routes.
+//     Build, which opens the listening sockets, and the engine's tap
+//     reader, which opens the sockets for the guest's datagrams, run on
+//     a thread inside it, and each batch checks that the reader still
+//     does; the socket loop opens sockets only for the splice path, which
+//     is off. Nothing sent there can leave the namespace.
 //   - Otherwise, frames are filtered before the engine sees them: only
 //     UDP to the gateway address or a loopback address, on the ports of
 //     the test's own sockets, passes, and so only those sockets on the

@@ -40,6 +40,15 @@ if [ "$FUZZTIME" != 0 ]; then
 		name=${t##*func }
 		pkg=./$(dirname "$file")
 		if ! out=$(go test -run='^$' -fuzz="^${name}\$" -fuzztime="$FUZZTIME" -fuzzminimizetime=200x "$pkg" 2>&1); then
+			# Go before 1.27 may end a fuzzing run that found nothing
+			# with "context deadline exceeded" when a worker is busy
+			# at the deadline (go.dev/issue/75804): no input is at
+			# fault then, and none is written.
+			if grep -q 'context deadline exceeded' <<<"$out" &&
+				! grep -qE 'Failing input written|failure while testing seed corpus|panic:' <<<"$out"; then
+				echo "$name ($pkg): stopped by go.dev/issue/75804, not a failure"
+				continue
+			fi
 			echo "$out"
 			echo "fuzz target $name in $pkg failed"
 			exit 1

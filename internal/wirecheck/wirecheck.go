@@ -23,7 +23,6 @@ package wirecheck
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -384,21 +383,4 @@ func checkQuote(q []byte, version int, f *Frame) error {
 		return fmt.Errorf("ICMP error to %v quotes a datagram from %v", f.DstIP, src)
 	}
 	return nil
-}
-
-// Sum is the Internet checksum of b (RFC 1071), computed the plain way:
-// it lets tests check checksums without gopasst's own code.
-func Sum(b []byte) uint16 {
-	var s uint32
-	for len(b) >= 2 {
-		s += uint32(binary.BigEndian.Uint16(b))
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		s += uint32(b[0]) << 8
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return ^uint16(s)
 }

@@ -127,10 +127,12 @@ func IsRequest(p *packet.Parsed) bool {
 // answer, writing the whole reply frame (Ethernet, IP, UDP, DHCP) into out
 // and returning its length. It returns 0 when there is nothing to send:
 // p is not a request (see [IsRequest]), the server is disabled, or the
-// message is malformed or of a kind that gets no answer. out must hold at
-// least [MinOut] bytes.
+// message is malformed or of a kind that gets no answer, or it comes from
+// a zero or multicast MAC address, which no client has (the reply goes
+// back to the request's source MAC address). out must hold at least
+// [MinOut] bytes.
 func (s *Server) Handle(p *packet.Parsed, out []byte) int {
-	if !IsRequest(p) || len(out) < MinOut {
+	if !IsRequest(p) || len(out) < MinOut || p.Src.IsZero() || p.Src.IsMulticast() {
 		return 0
 	}
 	if p.EtherType == packet.EtherTypeIPv4 {

@@ -143,17 +143,40 @@ func (s *Server) options4(typ dhcpv4.MessageType, rapid bool) dhcpv4.Options {
 	return o
 }
 
+// essential4 are the options every reply carries, whatever else is left
+// out for room: the message type, the server identifier and lease time
+// (which RFC 2131, table 3, requires in OFFER and ACK), the subnet mask
+// and the router.
+var essential4 = []uint8{
+	dhcpv4.OptionDHCPMessageType.Code(), dhcpv4.OptionServerIdentifier.Code(),
+	dhcpv4.OptionIPAddressLeaseTime.Code(), dhcpv4.OptionSubnetMask.Code(), dhcpv4.OptionRouter.Code(),
+}
+
 // putOptions4 writes the options o into b, End and padding included, and
 // returns the length written. Order: message type first unless the
 // client's parameter request list prl names it, then the options prl asks
 // for in its order, then the others by code. An option that does not fit
-// in optSpace is left out.
+// in optSpace is left out; room for the essential4 options is kept until
+// they are written.
 func (s *Server) putOptions4(b []byte, o dhcpv4.Options, prl []byte) int {
 	var done [256]bool
 	n := 0
+	reserved := 0 // room the essential options not yet written need
+	for _, c := range essential4 {
+		if v, ok := o[c]; ok {
+			reserved += 2 + len(v)
+		}
+	}
 	put := func(code uint8) {
 		v, ok := o[code]
-		if !ok || done[code] || n+2+len(v) > optSpace-1 {
+		if !ok || done[code] {
+			return
+		}
+		need := 2 + len(v)
+		if bytes.IndexByte(essential4, code) >= 0 {
+			reserved -= need
+		}
+		if n+need+reserved > optSpace-1 {
 			return
 		}
 		done[code] = true

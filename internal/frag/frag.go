@@ -18,7 +18,7 @@
 // 65535 bytes, and a slot not completed within Timeout is freed.
 // Overlapping fragments are a known attack (RFC 5722): a fragment that
 // overlaps data already received, other than an exact duplicate, drops the
-// whole datagram.
+// whole datagram, as does data beyond the end the last fragment gives.
 //
 // Completed datagrams refer to their slot's buffer until Release, which
 // the caller calls once it is done with a batch.
@@ -124,6 +124,15 @@ func (r *Reassembler) Add(p *packet.Parsed) (*packet.Parsed, Result) {
 	if s.total >= 0 && to > s.total {
 		r.drop(s)
 		return nil, TooBig
+	}
+	if !p.FragMore {
+		// The last fragment: nothing received may lie beyond its end.
+		for _, sp := range s.spans {
+			if sp.to > to {
+				r.drop(s)
+				return nil, TooBig
+			}
+		}
 	}
 	// Fragments other than the last carry multiples of 8 bytes.
 	if p.FragMore && len(p.L4)%8 != 0 {

@@ -162,19 +162,3 @@ func TestLimits(t *testing.T) {
 		t.Fatalf("oversized: %v, %d pending", res, r.Pending())
 	}
 }
-
-func FuzzAdd(f *testing.F) {
-	f.Add(uint16(0), true, []byte("abcdefgh"))
-	f.Fuzz(func(t *testing.T, off uint16, more bool, data []byte) {
-		r := New()
-		for i := 0; i < 3; i++ {
-			p := packet.Parsed{Src4: src4, Dst4: dst4, Proto: packet.ProtoUDP, Fragment: true,
-				FragMore: more, FragOffset: int(off&0x1fff) * 8, FragID: 1, L4: data}
-			if out, res := r.Add(&p); res == Complete && len(out.L4) > MaxDatagram {
-				t.Fatal("datagram over the limit")
-			}
-			off += uint16(len(data) / 8)
-		}
-		r.Release()
-	})
-}

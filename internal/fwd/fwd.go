@@ -96,11 +96,16 @@ const (
 // datagram described by ini (EAddr:EPort the guest's source, FAddr:FPort the
 // destination it used). The target's FAddr is the address to bind (possibly
 // unspecified) and FPort the guest's source port, kept where possible.
+//
+// Loopback addresses never come from the guest's link: the guest reaches
+// the host's loopback only through the address that stands for it, so that
+// --no-map-gw keeps it out, and a datagram to or from a loopback address is
+// refused (its replies would reach the guest from a loopback address).
 func (r *Rules) FromTap(ini flow.Side) (flow.Side, Verdict) {
 	if !r.GuestSource(ini.EAddr) || ini.EPort == 0 {
 		return flow.Side{}, BadSource
 	}
-	if !unicast(ini.FAddr) || ini.FPort == 0 {
+	if !unicast(ini.FAddr) || ini.FAddr.IsLoopback() || ini.FPort == 0 {
 		return flow.Side{}, BadDest
 	}
 	if !r.familyOn(ini.FAddr) {
@@ -270,7 +275,6 @@ func (r *Rules) familyOn(a netip.Addr) bool {
 	return r.IPv6
 }
 
-// unicast reports whether a can be the address of a single peer.
 // GuestSource reports whether the guest may send from a: a unicast
 // address that is not loopback, not in 0.0.0.0/8, and not one of the
 // addresses that stand for the host (a guest posing as its gateway).
@@ -283,6 +287,7 @@ func (r *Rules) GuestSource(a netip.Addr) bool {
 	return !a.Is4() || a.As4()[0] != 0
 }
 
+// unicast reports whether a can be the address of a single peer.
 func unicast(a netip.Addr) bool {
 	if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() {
 		return false
@@ -350,7 +355,8 @@ func (g *Guest) Addr6() netip.Addr { return *g.addr6.Load() }
 
 // SeeAddr records the source address of a datagram from the guest. For
 // IPv6 only global unicast addresses are kept: replies to a link-local
-// address could not be routed by the guest's peers.
+// address could not be routed by the guest's peers. Loopback addresses,
+// which a guest's link never carries, are not kept either.
 func (g *Guest) SeeAddr(a netip.Addr) {
 	if !unicast(a) || a.IsLoopback() {
 		return

@@ -75,6 +75,10 @@ func TestFromTap(t *testing.T) {
 		{"dns on the gateway goes to the resolver", func(r *Rules) { r.DNSMatch6, r.DNSHost6 = a("2001:db8::1"), a("::1") },
 			flow.Side{EAddr: a("2001:db8::2"), EPort: 4000, FAddr: a("2001:db8::1"), FPort: 53},
 			flow.Side{EAddr: a("::1"), EPort: 53, FAddr: a("::"), FPort: 4000}, OK},
+		{"loopback dest", nil, flow.Side{EAddr: a("192.0.2.2"), EPort: 1, FAddr: a("127.0.0.1"), FPort: 7}, flow.Side{}, BadDest},
+		{"loopback dest v6", noMap, flow.Side{EAddr: a("2001:db8::2"), EPort: 1, FAddr: a("::1"), FPort: 7}, flow.Side{}, BadDest},
+		{"v4-mapped loopback dest", nil, flow.Side{EAddr: a("2001:db8::2"), EPort: 1, FAddr: a("::ffff:127.0.0.1"), FPort: 7}, flow.Side{}, BadDest},
+		{"loopback source", nil, flow.Side{EAddr: a("127.0.0.1"), EPort: 1, FAddr: a("192.0.2.1"), FPort: 7}, flow.Side{}, BadSource},
 		{"link-local dest", nil, flow.Side{EAddr: a("2001:db8::2"), EPort: 1, FAddr: a("fe80::5"), FPort: 1}, flow.Side{}, BadDest},
 		{"v6 off", func(r *Rules) { r.IPv6 = false }, flow.Side{EAddr: a("2001:db8::2"), EPort: 1, FAddr: a("2001:db8::1"), FPort: 1}, flow.Side{}, FamilyOff},
 	}
@@ -142,6 +146,8 @@ func TestGuestLearning(t *testing.T) {
 	g.SeeAddr(a("fe80::1"))
 	g.SeeAddr(a("2001:db8::5"))
 	g.SeeAddr(a("192.0.2.9"))
+	g.SeeAddr(a("127.0.0.1")) // never on the guest's link: ignored
+	g.SeeAddr(a("::1"))
 	if g.Addr6() != a("2001:db8::5") || g.Addr4() != a("192.0.2.9") {
 		t.Fatalf("addrs %v %v", g.Addr4(), g.Addr6())
 	}

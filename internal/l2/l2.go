@@ -76,8 +76,13 @@ func (r *Responder) LinkLocal() netip.Addr {
 
 // Handle answers the frame p if it is a question for us, writing the reply
 // frame into out (which must hold at least 1536 bytes) and returning its
-// length; it returns 0 when there is nothing to answer.
+// length; it returns 0 when there is nothing to answer. A frame from a
+// zero or multicast MAC address, which no station has, gets no answer:
+// the reply would go to an address that is not one.
 func (r *Responder) Handle(p *packet.Parsed, out []byte) int {
+	if p.Src.IsZero() || p.Src.IsMulticast() {
+		return 0
+	}
 	switch {
 	case p.EtherType == packet.EtherTypeARP:
 		return r.arp(p, out)
@@ -101,6 +106,9 @@ func (r *Responder) arp(p *packet.Parsed, out []byte) int {
 	if sip == tip || tip == r.Guest.Addr4() {
 		return 0 // announcement or probe of the guest's own address
 	}
+	if !claimable(tip) {
+		return 0
+	}
 	packet.PutEthernet(out, p.Src, r.OurMAC, packet.EtherTypeARP)
 	b := out[packet.EthLen : packet.EthLen+arpLen]
 	copy(b[0:6], a[0:6])
@@ -123,7 +131,7 @@ func (r *Responder) ndp(p *packet.Parsed, out []byte) int {
 			return 0 // duplicate address detection: stay silent
 		}
 		target := netip.AddrFrom16([16]byte(m[8:24]))
-		if target == p.Src4 || target == r.Guest.Addr6() || target.IsMulticast() {
+		if target == p.Src4 || target == r.Guest.Addr6() || !claimable(target) {
 			return 0
 		}
 		body := out[packet.EthLen+packet.IPv6Len:]
@@ -145,6 +153,13 @@ func (r *Responder) ndp(p *packet.Parsed, out []byte) int {
 		return r.icmp6(out, p.Src, r.LinkLocal(), dst, n)
 	}
 	return 0
+}
+
+// claimable reports whether a is an address a neighbour can have, and so
+// one we answer for: unicast, global or link-local; not unspecified,
+// loopback, multicast or broadcast.
+func claimable(a netip.Addr) bool {
+	return a.IsGlobalUnicast() || a.IsLinkLocalUnicast()
 }
 
 // routerAdvert writes the body of a router advertisement into body and

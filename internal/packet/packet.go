@@ -125,6 +125,7 @@ func Parse(frame []byte, p *Parsed) Drop {
 	p.EtherType = binary.BigEndian.Uint16(frame[12:14])
 	l3 := frame[EthLen:]
 	p.L3 = l3
+	p.Src4, p.Dst4, p.Proto, p.HopLimit = netip.Addr{}, netip.Addr{}, 0, 0
 	p.L4, p.Payload = nil, nil
 	p.SrcPort, p.DstPort = 0, 0
 	p.Fragment, p.FragMore, p.FragOffset, p.FragID = false, false, 0, 0

@@ -476,10 +476,11 @@ func (e *Engine) HandleTap(pkts []*packet.Parsed) {
 // Datagrams to the host itself (the gateway and the other addresses that
 // stand for it) have arrived and are not expired.
 func (e *Engine) Expired(p *packet.Parsed) bool {
-	// No ICMP errors about multicast or broadcast (RFC 1812 4.3.2.7,
-	// RFC 4443 2.4): those are dropped later, and counted.
+	// No ICMP errors about multicast or broadcast, nor to a source that
+	// is not a single host (RFC 1812 4.3.2.7, RFC 4443 2.4): those are
+	// dropped later, and counted.
 	if p.HopLimit > 1 || e.cfg.Rules.StandsForHost(p.Dst4) || p.Dst4.IsMulticast() ||
-		p.Dst4 == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		p.Dst4 == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || !e.cfg.Rules.GuestSource(p.Src4) {
 		return false
 	}
 	from := e.cfg.Router6

@@ -549,7 +549,9 @@ func (e *Engine) newFromTap(ini flow.Side, now int64) flow.Ref {
 	idx, f, err := e.tab.Alloc()
 	if err != nil {
 		e.st.Drop(stats.DropTableFull)
-		log.Debugf("UDP: flow table full, dropping %s", ini)
+		if log.Enabled(log.LevelDebug) {
+			log.Debugf("UDP: flow table full, dropping %s", ini)
+		}
 		return flow.NoRef
 	}
 	fd, port, err := replySocket(unix.Socket, netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort),
@@ -557,7 +559,9 @@ func (e *Engine) newFromTap(ini flow.Side, now int64) flow.Ref {
 	if err != nil {
 		e.tab.Free(idx)
 		e.st.Drop(stats.DropSockErr)
-		log.Debugf("UDP: no socket for flow %s: %v", ini, err)
+		if log.Enabled(log.LevelDebug) {
+			log.Debugf("UDP: no socket for flow %s: %v", ini, err)
+		}
 		return flow.NoRef
 	}
 	enableRecvErr(fd, tgt.EAddr.Is4())
@@ -615,7 +619,9 @@ func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Re
 	if err != nil {
 		e.tab.Free(idx)
 		e.st.Drop(stats.DropSockErr)
-		log.Debugf("UDP: cannot duplicate listening socket: %v", err)
+		if log.Enabled(log.LevelDebug) {
+			log.Debugf("UDP: cannot duplicate listening socket: %v", err)
+		}
 		return flow.NoRef
 	}
 	f.Sock[flow.Ini] = dup
@@ -632,7 +638,9 @@ func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Re
 		if err != nil {
 			e.closeFlow(idx, f)
 			e.st.Drop(stats.DropSockErr)
-			log.Debugf("UDP: no %s socket for flow %s: %v", tgtPIF, ini, err)
+			if log.Enabled(log.LevelDebug) {
+				log.Debugf("UDP: no %s socket for flow %s: %v", tgtPIF, ini, err)
+			}
 			return flow.NoRef
 		}
 		if e.gro {
@@ -761,7 +769,9 @@ func (e *Engine) receive(fd int) int {
 			// unreachable on a connected socket) is reported here
 			// and cleared by this call.
 			e.st.Drop(stats.DropSockErr)
-			log.Debugf("UDP: receive on socket %d: %v", fd, err)
+			if log.Enabled(log.LevelDebug) {
+				log.Debugf("UDP: receive on socket %d: %v", fd, err)
+			}
 		}
 		return 0
 	}

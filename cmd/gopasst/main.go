@@ -26,9 +26,13 @@ import (
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/passt"
 	"github.com/gopasst/gopasst/internal/pasta"
+	"github.com/gopasst/gopasst/internal/sandbox"
 )
 
 func main() {
+	if sandbox.IsHelper() {
+		os.Exit(sandbox.HelperMain(os.Args[1:]))
+	}
 	os.Exit(run(os.Args))
 }
 

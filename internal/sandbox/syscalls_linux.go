@@ -45,6 +45,10 @@ var hotRules = []rule{
 	allow(unix.SYS_RECVMSG, "recvmsg"),         // ICMP errors (MSG_ERRQUEUE)
 	allow(unix.SYS_SENDTO, "sendto"),           // as sendmsg (package net's UDP writes)
 	allow(unix.SYS_PWRITE64, "pwrite64"),       // pcap (-p)
+	// Not made today, but what batching the tap and stream I/O would
+	// use; they can do no more than read and write.
+	allow(unix.SYS_READV, "readv"),
+	allow(unix.SYS_WRITEV, "writev"),
 }
 
 // runtimeRules are what Go's runtime (and, in cgo and race builds, the C

@@ -27,14 +27,19 @@ import (
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/passt"
 	"github.com/gopasst/gopasst/internal/pasta"
+	"github.com/gopasst/gopasst/internal/sandbox"
 )
 
 func main() {
+	if sandbox.IsHelper() {
+		os.Exit(sandbox.HelperMain(os.Args[1:]))
+	}
 	os.Exit(profiled(os.Args))
 }
 
 // profiled runs gopasst, writing a CPU profile to the file named by
-// $GOPASST_CPUPROFILE, if set, for "go tool pprof".
+// $GOPASST_CPUPROFILE, if set, for "go tool pprof" (with --no-sandbox,
+// which would refuse the profiler's timers on new threads).
 func profiled(argv []string) int {
 	path := os.Getenv("GOPASST_CPUPROFILE")
 	if path == "" {

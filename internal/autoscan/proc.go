@@ -304,6 +304,34 @@ func fdInodes(dir string) (map[uint64]bool, error) {
 	return own, nil
 }
 
+// OwnInodesIn is [OwnInodes] for a process that can no longer open
+// files (gopasst's sandbox): dir is this process's /proc/self/fd, opened
+// before, and each descriptor's inode comes from fstat, which for a socket
+// is the number in the socket tables. Not safe for concurrent use with the
+// same dir.
+func OwnInodesIn(dir *os.File) (map[uint64]bool, error) {
+	if _, err := dir.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	own := make(map[uint64]bool, len(names))
+	for _, n := range names {
+		fd, err := strconv.Atoi(n)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+			continue // closed meanwhile, or not a socket
+		}
+		own[st.Ino] = true
+	}
+	return own, nil
+}
+
 // socketInode parses a descriptor link target "socket:[N]".
 func socketInode(link string) (uint64, bool) {
 	s, ok := strings.CutPrefix(link, "socket:[")

@@ -342,6 +342,29 @@ func TestReadLive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// OwnInodesIn, from a directory opened once, finds the same sockets,
+	// read after read.
+	fdDir, err := os.Open("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fdDir.Close()
+	for range 2 {
+		in, err := OwnInodesIn(fdDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for ino := range own {
+			if !in[ino] {
+				t.Errorf("OwnInodesIn lacks socket inode %d", ino)
+			}
+		}
+		for ino := range in {
+			if !own[ino] {
+				t.Errorf("OwnInodesIn has inode %d, OwnInodes does not", ino)
+			}
+		}
+	}
 	for _, w := range bound {
 		ino := udpInode(t, w.conn)
 		port := uint16(w.conn.LocalAddr().(*net.UDPAddr).Port)

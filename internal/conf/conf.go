@@ -91,6 +91,8 @@ type Config struct {
 	LogSize int64
 	// RunAs is --runas (UID, UID:GID, LOGIN or LOGIN:GROUP), unresolved.
 	RunAs string
+	// NoSandbox is --no-sandbox (gopasst's own): no sandbox after set-up.
+	NoSandbox bool
 	// ConfPath is -c/--conf-path, the configuration socket path.
 	ConfPath string
 	// PIDFile is -P/--pid.

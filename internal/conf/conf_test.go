@@ -84,6 +84,7 @@ func TestParse(t *testing.T) {
 		{"stats after -f", ModePasta, []string{"-f", "--stats", "5"}, func(c *Config) bool { return c.Stats == 5 }},
 		{"stats before -f", ModePasta, []string{"--stats", "5", "-f"}, func(c *Config) bool { return c.Stats == 5 }},
 		{"runas", ModePasta, []string{"--runas", "1000:1000"}, func(c *Config) bool { return c.RunAs == "1000:1000" }},
+		{"no-sandbox", ModePasst, []string{"--no-sandbox"}, func(c *Config) bool { return c.NoSandbox }},
 		{"conf path", ModePasta, []string{"-c", "/tmp/ctl"}, func(c *Config) bool { return c.ConfPath == "/tmp/ctl" }},
 
 		// MTU.

@@ -128,6 +128,9 @@ func init() {
 				p.cfg.RunAs = v
 				return nil
 			}},
+		{long: []string{"no-sandbox"}, modes: inBoth,
+			help:  "gopasst: don't sandbox after set-up (for debugging)",
+			apply: flag(func(c *Config) *bool { return &c.NoSandbox })},
 		{long: []string{"conf-path"}, short: 'c', hasArg: true, modes: inBoth, arg: "PATH",
 			help: "Configuration socket path (experimental)",
 			apply: func(p *parser, v string) error {

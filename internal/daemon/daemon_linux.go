@@ -90,8 +90,19 @@ func RaiseNofile() {
 // InBackground reports whether this process was started by Background.
 func InBackground() bool { return os.Getenv(readyEnv) != "" }
 
+// nullFD is /dev/null, opened at start-up by a process started by
+// Background, for Ready to put on standard error: Ready runs in the
+// sandbox, where nothing can be opened any more.
+var nullFD = -1
+
+func init() {
+	if InBackground() {
+		nullFD, _ = unix.Open(os.DevNull, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	}
+}
+
 // Ready tells the foreground process that start-up is complete and lets go
-// of the terminal.
+// of the terminal. It opens nothing, so it works in the sandbox.
 func Ready() {
 	fd, err := strconv.Atoi(os.Getenv(readyEnv))
 	if err != nil {
@@ -100,9 +111,10 @@ func Ready() {
 	_, _ = unix.Write(fd, []byte{1})
 	unix.Close(fd)
 	os.Unsetenv(readyEnv)
-	if null, err := unix.Open(os.DevNull, unix.O_WRONLY, 0); err == nil {
-		_ = unix.Dup2(null, 2)
-		unix.Close(null)
+	if nullFD >= 0 {
+		_ = unix.Dup2(nullFD, 2)
+		unix.Close(nullFD)
+		nullFD = -1
 	}
 }
 

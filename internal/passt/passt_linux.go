@@ -15,6 +15,11 @@
 //
 // When the guest disconnects, gopasst waits for the next one, or exits with
 // -1 (--one-off) or -F (a socket passed in by the parent).
+//
+// Once the socket listens, gopasst confines itself (package sandbox)
+// before going to the background: another user if started as root, an
+// empty root directory, no capabilities, a seccomp allow-list. Accepting
+// the next guest needs none of what it loses.
 package passt
 
 import (
@@ -30,23 +35,30 @@ import (
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/netcfg"
 	"github.com/gopasst/gopasst/internal/pcap"
+	"github.com/gopasst/gopasst/internal/sandbox"
 	"github.com/gopasst/gopasst/internal/stats"
 	"github.com/gopasst/gopasst/internal/tap"
 )
 
 // Run runs passt mode with cfg and returns the process exit status.
 func Run(cfg *conf.Config) int {
+	sb, err := sandbox.New(sandbox.Config{Mode: sandbox.Passt, RunAs: cfg.RunAs, Disabled: cfg.NoSandbox})
+	if err != nil {
+		log.Errorf("%v", err)
+		return 1
+	}
 	if !cfg.Foreground && !daemon.InBackground() {
 		return daemon.Background()
 	}
-	if err := run(cfg); err != nil {
+	if err := run(cfg, sb); err != nil {
 		log.Errorf("%v", err)
 		return 1
 	}
 	return 0
 }
 
-func run(cfg *conf.Config) error {
+func run(cfg *conf.Config, sb *sandbox.Sandbox) error {
+	defer sb.Close()
 	daemon.RaiseNofile()
 	n, err := netcfg.Derive(cfg)
 	if err != nil {
@@ -67,6 +79,7 @@ func run(cfg *conf.Config) error {
 		return fmt.Errorf("guest socket: %w", err)
 	}
 	defer stream.Close()
+	sb.RemoveAtExit(stream.Path())
 	st := &stats.Counters{}
 	ep, closeCapture, err := pcap.Open(stream, cfg.PcapFile)
 	if err != nil {
@@ -88,6 +101,10 @@ func run(cfg *conf.Config) error {
 		return err
 	}
 	defer removePID()
+	sb.RemoveAtExit(cfg.PIDFile)
+	if err := sb.Apply(); err != nil {
+		return err
+	}
 	if daemon.InBackground() {
 		daemon.Ready()
 	}

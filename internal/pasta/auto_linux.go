@@ -1,6 +1,7 @@
 package pasta
 
 import (
+	"os"
 	"time"
 
 	"github.com/gopasst/gopasst/internal/autoscan"
@@ -15,17 +16,28 @@ import (
 // reference does.
 const autoInterval = time.Second
 
-// autoForward keeps listening sockets open for the "auto" ports of f
-// until stop is closed: for -u (splice false), host sockets for the ports
-// bound in the namespace; for -U (splice true), sockets on the
-// namespace's loopback for the ports bound on the host. Like the
-// reference, TCP listeners count too (iperf3 and friends announce UDP
-// ports that way). gopasst's own sockets never count, so a port forwarded
-// one way is not forwarded back.
-func autoForward(ns *netns.NS, eng *udp.Engine, f *conf.Forward, splice, v4, v6 bool, stop <-chan struct{}) {
+// autoForwarder keeps listening sockets open for the "auto" ports of one
+// direction: for -u (splice false), host sockets for the ports bound in
+// the namespace; for -U (splice true), sockets on the namespace's loopback
+// for the ports bound on the host. Like the reference, TCP listeners count
+// too (iperf3 and friends announce UDP ports that way). gopasst's own
+// sockets never count, so a port forwarded one way is not forwarded back.
+//
+// Everything it reads is opened by newAutoForwarder, before the sandbox:
+// the socket tables and this process's descriptor directory.
+type autoForwarder struct {
+	rules  []conf.PortRule
+	splice bool
+	tables *autoscan.Tables
+	fds    *os.File // /proc/self/fd
+}
+
+// newAutoForwarder opens what the forwards of f need, or returns nil if
+// there are none or they cannot work (with a warning).
+func newAutoForwarder(ns *netns.NS, f *conf.Forward, splice bool) *autoForwarder {
 	rules := autoscan.RulesFor(f)
 	if len(rules) == 0 {
-		return
+		return nil
 	}
 	var tables *autoscan.Tables
 	var err error
@@ -44,14 +56,29 @@ func autoForward(ns *netns.NS, eng *udp.Engine, f *conf.Forward, splice, v4, v6 
 	}
 	if err != nil {
 		log.Warnf("UDP auto forwarding disabled: %v", err)
-		return
+		return nil
 	}
-	defer tables.Close()
+	fds, err := os.Open("/proc/self/fd")
+	if err != nil {
+		tables.Close()
+		log.Warnf("UDP auto forwarding disabled: %v", err)
+		return nil
+	}
+	return &autoForwarder{rules: rules, splice: splice, tables: tables, fds: fds}
+}
+
+// run keeps the forwards up to date until stop is closed, then closes
+// what newAutoForwarder opened.
+func (a *autoForwarder) run(eng *udp.Engine, v4, v6 bool, stop <-chan struct{}) {
+	defer a.tables.Close()
+	defer a.fds.Close()
+	splice := a.splice
 	dir := "-u"
 	if splice {
 		dir = "-U"
 	}
-	sc := autoscan.NewScanner(rules, tables.Read)
+	sc := autoscan.NewScanner(a.rules, a.tables.Read)
+	sc.Own = func() (map[uint64]bool, error) { return autoscan.OwnInodesIn(a.fds) }
 	failed := map[autoscan.Fwd]bool{}
 	tick := time.NewTicker(autoInterval)
 	defer tick.Stop()

@@ -22,9 +22,18 @@
 //     namespace; gopasst exits with its exit status when it ends. Joining
 //     an existing namespace, gopasst instead runs until the namespace goes
 //     away (unless --no-netns-quit) or it is told to stop.
+//  6. Sandbox. Once the command runs (or, attached to a namespace, before
+//     going to the background), gopasst confines itself (package
+//     sandbox): another user if started as root, an empty root directory,
+//     no capabilities (but CAP_NET_BIND_SERVICE when it stays root in its
+//     own user namespace), a seccomp allow-list. SIGTERM and SIGHUP still
+//     reach the command, through the sandbox's helper if need be.
+//     Everything the data path rereads later (the "auto" forwarding
+//     tables, the namespace file it watches) is opened before.
 package pasta
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -43,6 +52,7 @@ import (
 	"github.com/gopasst/gopasst/internal/netcfg"
 	"github.com/gopasst/gopasst/internal/netns"
 	"github.com/gopasst/gopasst/internal/pcap"
+	"github.com/gopasst/gopasst/internal/sandbox"
 	"github.com/gopasst/gopasst/internal/stats"
 	"github.com/gopasst/gopasst/internal/tap"
 	"github.com/gopasst/gopasst/internal/udp"
@@ -50,6 +60,14 @@ import (
 
 // Run runs pasta mode with cfg and returns the process exit status.
 func Run(cfg *conf.Config) int {
+	// Checked before anything else, --runas included, also by the
+	// unprivileged parent of a user namespace.
+	sb, err := sandbox.New(sandbox.Config{Mode: sandbox.Pasta, RunAs: cfg.RunAs, Disabled: cfg.NoSandbox,
+		InOwnUserNS: netns.InUserNSChild()})
+	if err != nil {
+		log.Errorf("%v", err)
+		return 1
+	}
 	if targetNetns(cfg) == "" {
 		// The command owns the terminal: like the reference, say
 		// nothing unless asked to.
@@ -65,7 +83,7 @@ func Run(cfg *conf.Config) int {
 	} else if done {
 		return code
 	}
-	code, err := run(cfg)
+	code, err := run(cfg, sb)
 	if err != nil {
 		log.Errorf("%v", err)
 		if code == 0 {
@@ -108,7 +126,8 @@ func targetNetns(cfg *conf.Config) string {
 	return ""
 }
 
-func run(cfg *conf.Config) (int, error) {
+func run(cfg *conf.Config, sb *sandbox.Sandbox) (int, error) {
+	defer sb.Close()
 	daemon.RaiseNofile()
 	// Unset forwarding directions get pasta's default, "auto".
 	eph, err := conf.SystemEphemeralRange()
@@ -191,18 +210,25 @@ func run(cfg *conf.Config) (int, error) {
 		return 1, err
 	}
 	defer removePID()
+	sb.RemoveAtExit(cfg.PIDFile)
 
+	var autos []*autoForwarder
+	if eng.UDP != nil {
+		autos = append(autos, newAutoForwarder(ns, &cfg.UDPFwd, false))
+		if nsSocket != nil {
+			autos = append(autos, newAutoForwarder(ns, &cfg.UDPNSFwd, true))
+		}
+	}
 	engErr := make(chan error, 1)
 	go func() { engErr <- eng.Run() }()
-	if eng.UDP != nil {
-		stopAuto := make(chan struct{})
-		var autoDone sync.WaitGroup
-		autoDone.Go(func() { autoForward(ns, eng.UDP, &cfg.UDPFwd, false, n.IPv4, n.IPv6, stopAuto) })
-		if nsSocket != nil {
-			autoDone.Go(func() { autoForward(ns, eng.UDP, &cfg.UDPNSFwd, true, n.IPv4, n.IPv6, stopAuto) })
+	stopAuto := make(chan struct{})
+	var autoDone sync.WaitGroup
+	for _, a := range autos {
+		if a != nil {
+			autoDone.Go(func() { a.run(eng.UDP, n.IPv4, n.IPv6, stopAuto) })
 		}
-		defer func() { close(stopAuto); autoDone.Wait() }()
 	}
+	defer func() { close(stopAuto); autoDone.Wait() }()
 	defer func() {
 		eng.Close()
 		<-engErr
@@ -217,12 +243,20 @@ func run(cfg *conf.Config) (int, error) {
 	defer signal.Stop(sigs)
 
 	if targetNetns(cfg) != "" {
+		watch, err := watchTarget(cfg)
+		if err != nil {
+			return 1, err
+		}
+		defer watch.close()
+		if err := sb.Apply(); err != nil {
+			return 1, err
+		}
 		if daemon.InBackground() {
 			daemon.Ready()
 		}
-		return waitTarget(cfg, engErr, sigs)
+		return waitTarget(watch, engErr, sigs)
 	}
-	return runCommand(cfg, ns, engErr, sigs)
+	return runCommand(cfg, ns, sb, engErr, sigs)
 }
 
 func orNone(s string) string {
@@ -232,8 +266,9 @@ func orNone(s string) string {
 	return s
 }
 
-// runCommand starts the command in the namespace and waits for it.
-func runCommand(cfg *conf.Config, ns *netns.NS, engErr chan error, sigs chan os.Signal) (int, error) {
+// runCommand starts the command in the namespace, applies the sandbox and
+// waits for the command.
+func runCommand(cfg *conf.Config, ns *netns.NS, sb *sandbox.Sandbox, engErr chan error, sigs chan os.Signal) (int, error) {
 	argv := cfg.Command
 	if len(argv) == 0 {
 		sh := os.Getenv("SHELL")
@@ -253,6 +288,12 @@ func runCommand(cfg *conf.Config, ns *netns.NS, engErr chan error, sigs chan os.
 	if err := ns.StartCommand(cmd); err != nil {
 		return 1, fmt.Errorf("starting %q: %w", argv[0], err)
 	}
+	sb.SetCommand(cmd.Process)
+	if err := sb.Apply(); err != nil {
+		_ = sb.Signal(cmd.Process, syscall.SIGKILL)
+		_ = cmd.Wait()
+		return 1, err
+	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	var kill <-chan time.Time
@@ -262,7 +303,7 @@ func runCommand(cfg *conf.Config, ns *netns.NS, engErr chan error, sigs chan os.
 			return daemon.ExitStatus(cmd, err), nil
 		case err := <-engErr:
 			engErr <- err // for the deferred wait
-			_ = cmd.Process.Kill()
+			_ = sb.Signal(cmd.Process, syscall.SIGKILL)
 			<-done
 			return 1, fmt.Errorf("data path stopped: %v", err)
 		case sig := <-sigs:
@@ -272,19 +313,74 @@ func runCommand(cfg *conf.Config, ns *netns.NS, engErr chan error, sigs chan os.
 				continue
 			}
 			log.Infof("%v: stopping the command", sig)
-			_ = cmd.Process.Signal(sig)
+			_ = sb.Signal(cmd.Process, sig.(syscall.Signal))
 			kill = time.After(2 * time.Second)
 		case <-kill:
-			_ = cmd.Process.Kill()
+			_ = sb.Signal(cmd.Process, syscall.SIGKILL)
 		}
 	}
 }
 
+// targetWatch tells whether the namespace pasta is attached to is still
+// there: the file that named it (/proc/PID/ns/net, /run/netns/NAME, ...)
+// is looked up from a descriptor on its directory, opened before the
+// sandbox took paths away.
+type targetWatch struct {
+	path     string
+	dir      int // -1 with --no-netns-quit
+	base     string
+	dev, ino uint64
+}
+
+// watchTarget starts watching the target namespace's file.
+func watchTarget(cfg *conf.Config) (*targetWatch, error) {
+	w := &targetWatch{path: targetNetns(cfg), dir: -1}
+	if cfg.NoNetnsQuit {
+		return w, nil
+	}
+	dir, base := filepath.Split(w.path)
+	if dir == "" {
+		dir = "."
+	}
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("watching %s: %w", w.path, err)
+	}
+	w.dir, w.base = fd, base
+	var st unix.Stat_t
+	if unix.Fstatat(fd, base, &st, 0) == nil {
+		w.dev, w.ino = st.Dev, st.Ino
+	}
+	return w, nil
+}
+
+// gone reports whether the namespace file disappeared or now names
+// another namespace. EACCES means it is there: /proc/PID/ns/net of a
+// process that pasta, having switched to another user, may no longer
+// look into (the reference checks it the same way).
+func (w *targetWatch) gone() bool {
+	if w.dir < 0 {
+		return false
+	}
+	var st unix.Stat_t
+	err := unix.Fstatat(w.dir, w.base, &st, 0)
+	switch {
+	case err == nil:
+		return st.Dev != w.dev || st.Ino != w.ino
+	case errors.Is(err, unix.EACCES):
+		return false
+	}
+	return true
+}
+
+func (w *targetWatch) close() {
+	if w.dir >= 0 {
+		unix.Close(w.dir)
+	}
+}
+
 // waitTarget serves an existing namespace until it disappears or a signal.
-func waitTarget(cfg *conf.Config, engErr chan error, sigs chan os.Signal) (int, error) {
-	path := targetNetns(cfg)
-	var ident unix.Stat_t
-	_ = unix.Stat(path, &ident)
+func waitTarget(watch *targetWatch, engErr chan error, sigs chan os.Signal) (int, error) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -296,12 +392,8 @@ func waitTarget(cfg *conf.Config, engErr chan error, sigs chan os.Signal) (int, 
 			log.Infof("%v: exiting", sig)
 			return 0, nil
 		case <-tick.C:
-			if cfg.NoNetnsQuit {
-				continue
-			}
-			var now unix.Stat_t
-			if err := unix.Stat(path, &now); err != nil || now.Ino != ident.Ino || now.Dev != ident.Dev {
-				log.Infof("Namespace %s is gone, exiting", path)
+			if watch.gone() {
+				log.Infof("Namespace %s is gone, exiting", watch.path)
 				return 0, nil
 			}
 		}

@@ -911,25 +911,36 @@ func (e *Engine) fromReply(idx int32, side uint8, gen uint32, events uint32) {
 // toTap builds headers in front of the payload of plen bytes at
 // buf[packet.MaxHeadroom:] and queues the frame for flush.
 func (e *Engine) toTap(buf []byte, plen int, to *flow.Side, mac packet.MAC) {
-	var start int
-	if to.EAddr.Is4() {
-		if plen > packet.MaxUDPPayload {
-			e.st.Drop(stats.DropMalformed)
-			return
-		}
-		start = packet.MaxHeadroom - packet.UDPLen - packet.IPv4Len - packet.EthLen
-		packet.PutUDP4(buf[start+packet.EthLen:], to.FAddr, to.EAddr, to.FPort, to.EPort, plen)
-		packet.PutEthernet(buf[start:], mac, e.cfg.OurMAC, packet.EtherTypeIPv4)
-	} else {
-		packet.PutUDP6(buf[packet.EthLen:], to.FAddr, to.EAddr, to.FPort, to.EPort, plen)
-		packet.PutEthernet(buf, mac, e.cfg.OurMAC, packet.EtherTypeIPv6)
+	if to.EAddr.Is4() && plen > packet.MaxUDPPayload {
+		e.st.Drop(stats.DropMalformed)
+		return
 	}
+	start := e.putHeaders(buf, plen, to, mac, false)
 	frame := buf[start : packet.MaxHeadroom+plen]
 	if to.EAddr.Is4() && e.cfg.MTU > 0 && len(frame)-packet.EthLen > e.cfg.MTU {
 		e.fragmentToTap(frame)
 		return
 	}
 	e.rx.out = append(e.rx.out, frame)
+}
+
+// putHeaders writes the Ethernet, IP and UDP headers for plen payload
+// bytes at buf[packet.MaxHeadroom:] to side to, in front of them, and
+// returns where the frame starts. partial leaves the UDP checksum for the
+// guest's kernel to complete (a segmented frame).
+func (e *Engine) putHeaders(buf []byte, plen int, to *flow.Side, mac packet.MAC, partial bool) int {
+	put, start, et := packet.PutUDP6, 0, uint16(packet.EtherTypeIPv6)
+	if to.EAddr.Is4() {
+		put, start, et = packet.PutUDP4, packet.MaxHeadroom-packet.UDPLen-packet.IPv4Len-packet.EthLen, packet.EtherTypeIPv4
+		if partial {
+			put = packet.PutUDP4Partial
+		}
+	} else if partial {
+		put = packet.PutUDP6Partial
+	}
+	put(buf[start+packet.EthLen:], to.FAddr, to.EAddr, to.FPort, to.EPort, plen)
+	packet.PutEthernet(buf[start:], mac, e.cfg.OurMAC, et)
+	return start
 }
 
 // tapRun returns the end of the run of datagrams from rx buffer i to n-1
@@ -988,15 +999,7 @@ func (e *Engine) toTapSegmented(i, j int, to *flow.Side, mac packet.MAC) bool {
 		more = append(more, p)
 		plen += len(p)
 	}
-	var start int
-	if to.EAddr.Is4() {
-		start = packet.MaxHeadroom - packet.UDPLen - packet.IPv4Len - packet.EthLen
-		packet.PutUDP4Partial(buf[start+packet.EthLen:], to.FAddr, to.EAddr, to.FPort, to.EPort, plen)
-		packet.PutEthernet(buf[start:], mac, e.cfg.OurMAC, packet.EtherTypeIPv4)
-	} else {
-		packet.PutUDP6Partial(buf[packet.EthLen:], to.FAddr, to.EAddr, to.FPort, to.EPort, plen)
-		packet.PutEthernet(buf, mac, e.cfg.OurMAC, packet.EtherTypeIPv6)
-	}
+	start := e.putHeaders(buf, plen, to, mac, true)
 	e.flush() // frames queued before go first
 	ok, err := e.seg.WriteSegmented(buf[start:packet.MaxHeadroom+first], packet.MaxHeadroom-start, seg, more)
 	if !ok {

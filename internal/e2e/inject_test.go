@@ -32,10 +32,22 @@ var malformed = []struct {
 }
 
 // injectMain writes the malformed frames to the interface named by
-// injectEnv through a packet socket: the kernel hands them to the tap
-// device unchanged, so gopasst reads exactly these bytes.
+// injectEnv, then an IPv6 fragment.
 func injectMain() int {
-	ifname := os.Getenv(injectEnv)
+	return sendRaw(os.Getenv(injectEnv), func(mac net.HardwareAddr) [][]byte {
+		var frames [][]byte
+		for _, m := range malformed {
+			frames = append(frames, m.mutate(validFrame(mac)))
+		}
+		return append(frames, fragment6(mac))
+	})
+}
+
+// sendRaw writes the frames build makes for the interface's MAC address
+// to interface ifname through a packet socket: the kernel hands them to
+// the tap device unchanged, so gopasst reads exactly these bytes. It
+// returns the probe's exit status.
+func sendRaw(ifname string, build func(mac net.HardwareAddr) [][]byte) int {
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "inject:", err)
@@ -48,16 +60,11 @@ func injectMain() int {
 	}
 	defer unix.Close(fd)
 	sa := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}
-	for _, m := range malformed {
-		if err := unix.Sendto(fd, m.mutate(validFrame(ifi.HardwareAddr)), 0, sa); err != nil {
+	for _, f := range build(ifi.HardwareAddr) {
+		if err := unix.Sendto(fd, f, 0, sa); err != nil {
 			fmt.Fprintln(os.Stderr, "inject:", err)
 			return 1
 		}
-	}
-	// IPv6 with a fragment header.
-	if err := unix.Sendto(fd, fragment6(ifi.HardwareAddr), 0, sa); err != nil {
-		fmt.Fprintln(os.Stderr, "inject:", err)
-		return 1
 	}
 	time.Sleep(100 * time.Millisecond)
 	return 0

@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	"github.com/gopasst/gopasst/internal/e2e/sandbox"
+	"github.com/gopasst/gopasst/internal/e2e/watch"
 	"golang.org/x/sys/unix"
 )
 
@@ -162,12 +163,11 @@ var gotRe = regexp.MustCompile(`got (\d+) coalesced (\d+)`)
 // counter reads one of gopasst's counters from its -d output at exit.
 func counter(t *testing.T, out, name string) int {
 	t.Helper()
-	m := regexp.MustCompile(regexp.QuoteMeta(name)+`: (\d+)`).FindAllStringSubmatch(out, -1)
-	if m == nil {
+	v, ok := watch.ParseDump(out)[name]
+	if !ok {
 		t.Fatalf("no counter %q in:\n%s", name, out)
 	}
-	v, _ := strconv.Atoi(m[len(m)-1][1])
-	return v
+	return int(v)
 }
 
 // TestSegmentationOffload sends batches of datagrams with UDP_SEGMENT

@@ -11,7 +11,6 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
-	"golang.org/x/sys/unix"
 
 	"github.com/gopasst/gopasst/internal/e2e/sandbox"
 )
@@ -56,26 +55,13 @@ func spoofFrame(src net.HardwareAddr, from string, sport uint16) []byte {
 }
 
 func spoofMain() int {
-	ifi, err := net.InterfaceByName(os.Getenv(spoofEnv))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "spoof:", err)
-		return 1
-	}
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "spoof:", err)
-		return 1
-	}
-	defer unix.Close(fd)
-	sa := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}
-	for _, s := range spoofed {
-		if err := unix.Sendto(fd, spoofFrame(ifi.HardwareAddr, s.src, s.port), 0, sa); err != nil {
-			fmt.Fprintln(os.Stderr, "spoof:", err)
-			return 1
+	return sendRaw(os.Getenv(spoofEnv), func(mac net.HardwareAddr) [][]byte {
+		var frames [][]byte
+		for _, s := range spoofed {
+			frames = append(frames, spoofFrame(mac, s.src, s.port))
 		}
-	}
-	time.Sleep(100 * time.Millisecond)
-	return 0
+		return frames
+	})
 }
 
 // TestSpoofedSources injects UDP frames from sources a guest cannot have

@@ -42,9 +42,9 @@ type segBatch struct {
 	iovs  []unix.Iovec
 	ctl   []byte // segCmsgSpace bytes per message
 	count []int  // datagrams in each message
-	size  []int  // segment size of each message (0: one datagram)
-	last  []int  // payload length of the message's last datagram
+	size  []int  // segment size of each message (after finish, 0: one datagram)
 	bytes []int  // payload bytes of each message
+	open  []bool // the message's run may take another datagram
 	n     int    // messages
 	niov  int    // iovecs in use
 	name  unix.RawSockaddrInet6
@@ -58,7 +58,7 @@ type segBatch struct {
 func newSegBatch() *segBatch {
 	b := &segBatch{
 		msgs: make([]unix.Mmsghdr, Batch), iovs: make([]unix.Iovec, Batch), ctl: make([]byte, Batch*segCmsgSpace),
-		count: make([]int, Batch), size: make([]int, Batch), last: make([]int, Batch), bytes: make([]int, Batch),
+		count: make([]int, Batch), size: make([]int, Batch), bytes: make([]int, Batch), open: make([]bool, Batch),
 		split: make([]unix.Mmsghdr, maxSegments), splitIovs: make([]unix.Iovec, maxSegments),
 	}
 	for i := 0; i < Batch; i++ {
@@ -73,7 +73,8 @@ func (b *segBatch) reset() { b.n, b.niov = 0, 0 }
 
 // add appends a payload. seg > 0 marks a payload that is itself a run
 // of datagrams of seg bytes (received with UDP_GRO, or a segmented frame
-// from the guest); merge allows adding a single datagram to the open run.
+// from the guest); merge allows adding a single datagram to the open run:
+// one of the run's size, or a shorter one, which closes it.
 func (b *segBatch) add(p []byte, seg int, merge bool) {
 	if b.niov == len(b.iovs) {
 		return // cannot happen: at most Batch payloads per batch
@@ -83,37 +84,36 @@ func (b *segBatch) add(p []byte, seg int, merge bool) {
 	}
 	iov := &b.iovs[b.niov]
 	b.niov++
+	iov.Base = nil
 	if len(p) > 0 {
 		iov.Base = &p[0]
-	} else {
-		iov.Base = nil
 	}
 	iov.SetLen(len(p))
-	if m := b.n - 1; merge && seg == 0 && m >= 0 && b.size[m] == 0 && b.count[m] >= 1 && len(p) > 0 &&
+	if m := b.n - 1; merge && seg == 0 && m >= 0 && b.open[m] && len(p) > 0 && len(p) <= b.size[m] &&
 		b.count[m] < maxSegments && b.bytes[m]+len(p) <= maxSegBytes {
-		first := b.bytes[m] - b.last[m] // bytes before the last one
-		s := b.last[m]
-		if b.count[m] > 1 {
-			s = first / (b.count[m] - 1)
-		}
-		// Every datagram so far has s bytes; p may join if it is not
-		// larger, and ends the run if it is smaller.
-		if s > 0 && b.last[m] == s && len(p) <= s {
-			b.msgs[m].Hdr.Iovlen++
-			b.count[m]++
-			b.last[m] = len(p)
-			b.bytes[m] += len(p)
-			return
-		}
+		b.msgs[m].Hdr.Iovlen++
+		b.count[m]++
+		b.bytes[m] += len(p)
+		b.open[m] = len(p) == b.size[m]
+		return
 	}
 	m := b.n
 	b.n++
 	b.msgs[m].Hdr.Iov = iov
 	b.msgs[m].Hdr.Iovlen = 1
-	b.count[m], b.size[m], b.last[m], b.bytes[m] = 1, seg, len(p), len(p)
+	b.count[m], b.size[m], b.bytes[m], b.open[m] = 1, len(p), len(p), seg == 0 && len(p) > 0
 	if seg > 0 {
-		b.count[m] = (len(p) + seg - 1) / seg
+		b.count[m], b.size[m] = (len(p)+seg-1)/seg, seg
 	}
+}
+
+// datagrams returns how many datagrams the batch holds.
+func (b *segBatch) datagrams() int {
+	n := 0
+	for m := 0; m < b.n; m++ {
+		n += b.count[m]
+	}
+	return n
 }
 
 // dest returns the address to send to side s, nil when the socket is
@@ -132,15 +132,12 @@ func (b *segBatch) finish(name *byte, namelen uint32) {
 	for m := 0; m < b.n; m++ {
 		h := &b.msgs[m].Hdr
 		h.Name, h.Namelen = name, namelen
-		seg := b.size[m]
-		if seg == 0 && b.count[m] > 1 {
-			seg = (b.bytes[m] - b.last[m]) / (b.count[m] - 1)
-			b.size[m] = seg
-		}
-		if seg == 0 {
+		if b.count[m] == 1 {
+			b.size[m] = 0 // one datagram: no segmentation
 			h.Control, h.Controllen = nil, 0
 			continue
 		}
+		seg := b.size[m]
 		c := b.ctl[m*segCmsgSpace : (m+1)*segCmsgSpace]
 		*(*uint16)(unsafe.Pointer(&c[unix.CmsgLen(0)])) = uint16(seg)
 		h.Control = &c[0]

@@ -524,10 +524,7 @@ func (e *Engine) tapGroup(g []*packet.Parsed, now int64) {
 	}
 	b.finish(b.dest(&f.Side[to], f.Connected[to]))
 	sent, bytes, err := b.send(f.Sock[to])
-	total := 0
-	for m := 0; m < b.n; m++ {
-		total += b.count[m]
-	}
+	total := b.datagrams()
 	if sent < total {
 		e.st.Drops[stats.DropSockErr].Add(uint64(total - sent))
 		if log.Enabled(log.LevelDebug) {
@@ -864,10 +861,7 @@ func (e *Engine) toSocket(i, j int, d *dest) {
 	}
 	b.finish(b.dest(&d.side, d.connected))
 	sent, bytes, _ := b.send(d.fd)
-	total := 0
-	for m := 0; m < b.n; m++ {
-		total += b.count[m]
-	}
+	total := b.datagrams()
 	if sent < total {
 		e.st.Drops[stats.DropSockErr].Add(uint64(total - sent))
 	}
@@ -952,11 +946,12 @@ func (e *Engine) tapRun(i, n int) int {
 	if e.rx.seg[i] > 0 || size == 0 {
 		return i + 1
 	}
-	hdrs, limit := packet.IPv6Len+packet.UDPLen, 65535-packet.UDPLen
-	if e.rx.dst[i].side.EAddr.Is4() {
-		hdrs, limit = packet.IPv4Len+packet.UDPLen, packet.MaxUDPPayload
+	v4 := e.rx.dst[i].side.EAddr.Is4()
+	limit := 65535 - packet.UDPLen
+	if v4 {
+		limit = packet.MaxUDPPayload
 	}
-	if e.cfg.MTU > 0 && size+hdrs > e.cfg.MTU {
+	if !e.segmentFits(size, v4) {
 		return i + 1
 	}
 	total, j := size, i+1
@@ -975,6 +970,16 @@ func (e *Engine) tapRun(i, n int) int {
 	return j
 }
 
+// segmentFits reports whether a datagram of size payload bytes fits the
+// guest's MTU as one IP packet (v4: IPv4, else IPv6).
+func (e *Engine) segmentFits(size int, v4 bool) bool {
+	hdrs := packet.IPv6Len + packet.UDPLen
+	if v4 {
+		hdrs = packet.IPv4Len + packet.UDPLen
+	}
+	return e.cfg.MTU <= 0 || size+hdrs <= e.cfg.MTU
+}
+
 // toTapSegmented sends rx buffers i to j-1 (a run found by tapRun, or one
 // buffer received whole with UDP_GRO) to the guest as one segmented
 // frame. It reports false, having sent nothing, if the endpoint cannot.
@@ -985,11 +990,7 @@ func (e *Engine) toTapSegmented(i, j int, to *flow.Side, mac packet.MAC) bool {
 	if e.rx.seg[i] > 0 {
 		seg = e.rx.seg[i]
 		count = (first + seg - 1) / seg
-		hdrs := packet.IPv6Len + packet.UDPLen
-		if to.EAddr.Is4() {
-			hdrs = packet.IPv4Len + packet.UDPLen
-		}
-		if e.cfg.MTU > 0 && seg+hdrs > e.cfg.MTU {
+		if !e.segmentFits(seg, to.EAddr.Is4()) {
 			return false
 		}
 	}

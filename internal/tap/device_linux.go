@@ -2,32 +2,29 @@ package tap
 
 import (
 	"errors"
-	"os"
+	"fmt"
 	"sync"
 	"sync/atomic"
-	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasst/gopasst/internal/yield"
 )
 
 // Device is a tap device opened in the namespace, used as an Endpoint.
 type Device struct {
 	fd int
-	// file is fd registered with the Go runtime's poller: ReadBatch
-	// parks the goroutine there instead of blocking a thread in poll(2).
-	// It is never closed (see Close).
-	file   *os.File
-	rc     syscall.RawConn
+	// wake is an eventfd that Close makes readable, to end a wait in
+	// ReadBatch.
+	wake   int
 	once   sync.Once
 	closed atomic.Bool
 
-	// The batch being read, for fill (the reading goroutine's own).
-	rbufs  [][]byte
-	rlens  []int
-	rn     int
-	rerr   error
-	fillFn func(uintptr) bool
+	// The reading goroutine's own: mustPoll says the last read found the
+	// device empty, so the next batch starts with a wait; pace gives the
+	// scheduler its turns (see package yield).
+	mustPoll bool
+	pace     yield.Pacer
 
 	// With a virtio-net header (NewVnetDevice): vnet is set, uso when
 	// the kernel took the offloads. The reader's headers, iovecs and the
@@ -49,54 +46,64 @@ func NewDevice(fd int) (*Device, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return nil, err
 	}
-	d := &Device{fd: fd, file: os.NewFile(uintptr(fd), "tap")}
-	if d.file == nil {
-		return nil, errors.New("tap: invalid descriptor")
-	}
-	rc, err := d.file.SyscallConn()
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		return nil, err
 	}
-	d.rc = rc
-	d.fillFn = d.fill
-	return d, nil
+	return &Device{fd: fd, wake: wake}, nil
 }
 
-// ReadBatch implements Endpoint.
+// ReadBatch implements Endpoint. It waits in poll(2) on its own thread
+// (see package yield for why not in the runtime's poller).
 func (d *Device) ReadBatch(bufs [][]byte, lens []int) (int, error) {
-	d.rbufs, d.rlens, d.rn, d.rerr = bufs, lens, 0, nil
-	err := d.rc.Read(d.fillFn)
-	n := d.rn
-	d.rbufs, d.rlens = nil, nil
-	switch {
-	case n > 0:
-		return n, nil
-	case d.closed.Load():
-		return 0, ErrClosed
-	case err != nil:
-		return 0, err
-	}
-	return 0, d.rerr
-}
-
-// fill reads frames until the device is empty or the batch full; false
-// (nothing read yet) makes the runtime wait until the device is readable.
-func (d *Device) fill(uintptr) bool {
-	for d.rn < len(d.rbufs) {
-		r, err := d.read(d.rn, d.rbufs[d.rn])
-		switch {
-		case err == nil:
-			d.rlens[d.rn] = r
-			d.rn++
-		case errors.Is(err, unix.EINTR):
-		case errors.Is(err, unix.EAGAIN):
-			return d.rn > 0 || d.closed.Load()
-		default:
-			d.rerr = err
-			return true
+	for {
+		if d.closed.Load() {
+			return 0, ErrClosed
+		}
+		if !d.mustPoll {
+			n, err := d.fill(bufs, lens)
+			if n > 0 {
+				d.pace.Tick(yield.Now())
+				return n, nil
+			}
+			if err != nil {
+				return 0, err
+			}
+			continue
+		}
+		pfd := [2]unix.PollFd{{Fd: int32(d.fd), Events: unix.POLLIN}, {Fd: int32(d.wake), Events: unix.POLLIN}}
+		if _, err := unix.Ppoll(pfd[:], nil, nil); err != nil && !errors.Is(err, unix.EINTR) {
+			return 0, fmt.Errorf("poll: %w", err)
+		}
+		if pfd[1].Revents != 0 {
+			return 0, ErrClosed
+		}
+		if pfd[0].Revents != 0 {
+			d.mustPoll = false // frames, or an error the next read reports
 		}
 	}
-	return true
+}
+
+// fill reads frames into bufs until the device is empty (setting
+// mustPoll) or the batch is full. An error after some frames is left for
+// the next read to report.
+func (d *Device) fill(bufs [][]byte, lens []int) (int, error) {
+	n := 0
+	for n < len(bufs) {
+		r, err := d.read(n, bufs[n])
+		switch {
+		case err == nil:
+			lens[n] = r
+			n++
+		case errors.Is(err, unix.EINTR):
+		case errors.Is(err, unix.EAGAIN):
+			d.mustPoll = true
+			return n, nil
+		default:
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // read reads frame n of a batch into buf.
@@ -136,13 +143,14 @@ func (d *Device) WriteFrame(frame []byte) error {
 }
 
 // Close implements Endpoint: it wakes a blocked ReadBatch, which returns
-// ErrClosed. The descriptor stays open until the process exits, so a
+// ErrClosed. The descriptors stay open until the process exits, so a
 // reader or writer that raced with Close never touches a reused
 // descriptor.
 func (d *Device) Close() error {
 	d.once.Do(func() {
 		d.closed.Store(true)
-		_ = d.file.SetReadDeadline(time.Unix(1, 0))
+		one := [8]byte{1}
+		_, _ = unix.Write(d.wake, one[:])
 	})
 	return nil
 }

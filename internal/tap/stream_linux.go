@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasst/gopasst/internal/log"
+	"github.com/gopasst/gopasst/internal/yield"
 )
 
 // MaxStreamFrame is the largest frame, Ethernet header included, that the
@@ -151,6 +152,7 @@ type Stream struct {
 	pendingConnect bool // FD: OnConnect has not run yet
 	finished       bool // OneOff: the guest has gone
 	reads          int  // read calls on connections, for tests
+	pace           yield.Pacer
 
 	// wmu serializes writers and guards conn and dead. The reader changes
 	// conn only while holding it, and reads it without: it is the only
@@ -372,7 +374,11 @@ func (s *Stream) ReadBatch(bufs [][]byte, lens []int) (int, error) {
 	if len(bufs) == 0 {
 		return 0, nil
 	}
-	return s.readBatch(bufs, lens)
+	n, err := s.readBatch(bufs, lens)
+	if n > 0 {
+		s.pace.Tick(yield.Now())
+	}
+	return n, err
 }
 
 func (s *Stream) readBatch(bufs [][]byte, lens []int) (int, error) {

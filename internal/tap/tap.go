@@ -10,9 +10,10 @@
 //
 // To let the layers above batch their work, [Device.ReadBatch] reads
 // frames until the device is empty or the batch is full, so one wake-up
-// yields many frames. The descriptor is non-blocking and registered with
-// the Go runtime's poller: a reader with nothing to read parks its
-// goroutine, not a thread, and Close wakes it with an expired deadline.
+// yields many frames. The descriptor is non-blocking; a reader with
+// nothing to read waits in poll(2) on its own thread, beside an eventfd
+// that Close makes readable (package yield tells why not in the Go
+// runtime's poller).
 //
 // Offloads. Opened with a virtio-net header ([NewVnetDevice]), the tap
 // can carry UDP segmentation offload (USO, Linux 6.2 and later): the

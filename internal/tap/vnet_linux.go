@@ -37,6 +37,12 @@ type Segmenter interface {
 	// bytes. It reports false, sending nothing, when the endpoint does
 	// not segment.
 	WriteSegmented(frame []byte, hdrLen, segSize int, more [][]byte) (bool, error)
+	// WritePartial sends a frame holding one UDP datagram whose
+	// checksum is partial (the pseudo-header's sum, as in a segmented
+	// frame): the receiving kernel takes the datagram as checked, so
+	// neither side reads the payload for its checksum. It reports
+	// false, sending nothing, when the endpoint does not offload.
+	WritePartial(frame []byte, hdrLen int) (bool, error)
 }
 
 // vnetHdr is a decoded virtio-net header.
@@ -129,14 +135,7 @@ func (d *Device) writev(n int) error {
 
 // writeVnet sends a plain frame behind an all-zero header.
 func (d *Device) writeVnet(frame []byte) error {
-	d.wmu.Lock()
-	defer d.wmu.Unlock()
-	d.whdr = [VnetHdrLen]byte{}
-	d.wiov[0].Base = &d.whdr[0]
-	d.wiov[0].SetLen(VnetHdrLen)
-	d.wiov[1].Base = &frame[0]
-	d.wiov[1].SetLen(len(frame))
-	return d.writev(2)
+	return d.writeHdr(vnetHdr{}, frame, nil)
 }
 
 // WriteSegmented implements Segmenter.
@@ -144,10 +143,28 @@ func (d *Device) WriteSegmented(frame []byte, hdrLen, segSize int, more [][]byte
 	if !d.uso || len(more)+1 > MaxSegments {
 		return false, nil
 	}
+	return true, d.writeHdr(partialHdr(hdrLen, vnetGSOUDPL4, segSize), frame, more)
+}
+
+// WritePartial implements Segmenter.
+func (d *Device) WritePartial(frame []byte, hdrLen int) (bool, error) {
+	if !d.uso {
+		return false, nil
+	}
+	return true, d.writeHdr(partialHdr(hdrLen, vnetGSONone, 0), frame, nil)
+}
+
+// partialHdr is the header of a frame whose UDP checksum, at the end of
+// its hdrLen bytes of headers, is partial.
+func partialHdr(hdrLen int, gsoType uint8, segSize int) vnetHdr {
+	return vnetHdr{flags: vnetNeedsCsum, gsoType: gsoType, hdrLen: uint16(hdrLen), gsoSize: uint16(segSize),
+		csumStart: uint16(hdrLen - 8), csumOffset: 6}
+}
+
+// writeHdr sends h, frame and the non-empty buffers of more as one frame.
+func (d *Device) writeHdr(h vnetHdr, frame []byte, more [][]byte) error {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
-	h := vnetHdr{flags: vnetNeedsCsum, gsoType: vnetGSOUDPL4, hdrLen: uint16(hdrLen), gsoSize: uint16(segSize),
-		csumStart: uint16(hdrLen - 8), csumOffset: 6}
 	h.encode(d.whdr[:])
 	d.wiov[0].Base = &d.whdr[0]
 	d.wiov[0].SetLen(VnetHdrLen)
@@ -162,5 +179,5 @@ func (d *Device) WriteSegmented(frame []byte, hdrLen, segSize int, more [][]byte
 		d.wiov[n].SetLen(len(p))
 		n++
 	}
-	return true, d.writev(n)
+	return d.writev(n)
 }

@@ -20,8 +20,8 @@
 // loopback when it used its gateway address (package fwd). The group's
 // payloads go out in one sendmmsg, straight from the frame buffers.
 //
-// Host to guest. [Engine.Run] is an epoll loop over two kinds of sockets;
-// the epoll descriptor itself waits in the Go runtime's poller.
+// Host to guest. [Engine.Run] is an epoll loop over two kinds of sockets,
+// blocking its thread in epoll_wait (package yield tells why).
 // Listening sockets, one per forwarded port (-u) and address family, can
 // carry datagrams of many flows: each datagram is looked up by its source in
 // the flow table, and a new flow keeps a duplicate of the listening socket

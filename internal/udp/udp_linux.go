@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/packet"
 	"github.com/gopasst/gopasst/internal/stats"
+	"github.com/gopasst/gopasst/internal/yield"
 )
 
 // FrameWriter sends one Ethernet frame to the guest.
@@ -31,11 +31,16 @@ type BatchWriter interface {
 	WriteFrames(frames [][]byte) (int, error)
 }
 
-// SegmentWriter is a FrameWriter that can also send a segmented frame: many
-// datagrams of one flow in one frame, cut apart by the guest's kernel (see
-// tap.Segmenter). It reports false when it cannot, having sent nothing.
+// SegmentWriter is a FrameWriter whose guest takes offloads (see
+// tap.Segmenter): segmented frames, many datagrams of one flow in one
+// frame that the guest's kernel cuts apart, and frames whose UDP checksum
+// the guest's kernel takes as checked. The writes report false when they
+// cannot, having sent nothing.
 type SegmentWriter interface {
+	// Offloads reports whether the guest took the offloads.
+	Offloads() bool
 	WriteSegmented(frame []byte, hdrLen, segSize int, more [][]byte) (bool, error)
+	WritePartial(frame []byte, hdrLen int) (bool, error)
 }
 
 // Forward is one forwarded host port: a listening socket on Addr:Port
@@ -74,8 +79,10 @@ type Config struct {
 	// whose TTL runs out here are answered with time-exceeded from them.
 	Router4, Router6 netip.Addr
 	// Offload sends runs of equal-size datagrams of a flow as one
-	// UDP_SEGMENT message; if Tap is also a SegmentWriter, sockets
-	// receive with UDP_GRO and runs reach the guest as segmented frames.
+	// UDP_SEGMENT message; if Tap is also a SegmentWriter whose guest
+	// took the offloads, sockets receive with UDP_GRO, runs reach the
+	// guest as segmented frames and single datagrams with a partial
+	// checksum.
 	Offload bool
 }
 
@@ -156,8 +163,6 @@ type Engine struct {
 	mu   sync.Mutex
 	tab  *flow.Table
 	epfd int
-	// epfile is epfd as registered with the runtime's poller by Run.
-	epfile *os.File
 	wake   int
 	lst    []listener
 	rx     rxBatch
@@ -207,7 +212,7 @@ func New(cfg Config) (*Engine, error) {
 		e.Close()
 		return nil, err
 	}
-	if sw, ok := cfg.Tap.(SegmentWriter); ok && cfg.Offload {
+	if sw, ok := cfg.Tap.(SegmentWriter); ok && cfg.Offload && sw.Offloads() {
 		e.seg = sw
 		e.gro = true
 	}
@@ -371,11 +376,7 @@ func (e *Engine) release() {
 		}
 	}
 	e.lst = nil
-	if e.epfile != nil {
-		e.epfile.Close()
-	} else {
-		unix.Close(e.epfd)
-	}
+	unix.Close(e.epfd)
 	unix.Close(e.wake)
 }
 
@@ -391,37 +392,20 @@ func (e *Engine) Flows() int {
 func (e *Engine) Run() error {
 	defer close(e.runDone)
 	defer e.release()
-	// The epoll descriptor waits in the Go runtime's poller, like any
-	// socket of a Go program: an idle loop parks its goroutine instead of
-	// blocking a thread, and a read deadline paces the expiry of flows.
-	if err := unix.SetNonblock(e.epfd, true); err != nil {
-		return err
-	}
-	file := os.NewFile(uintptr(e.epfd), "epoll")
-	e.epfile = file // closed by release
-	rc, err := file.SyscallConn()
-	if err != nil {
-		return err
-	}
+	// The loop blocks its thread in epoll_wait, as the reference's does,
+	// rather than parking in the Go runtime's poller (see package yield),
+	// and wakes at least once a second to expire flows.
 	events := make([]unix.EpollEvent, 128)
-	var n int
-	var werr error
-	wait := func(uintptr) bool {
-		n, werr = unix.EpollWait(e.epfd, events, 0)
-		if errors.Is(werr, unix.EINTR) {
-			n, werr = 0, nil
-		}
-		return n > 0 || werr != nil
-	}
+	var pace yield.Pacer
 	lastExpiry := e.clock()
-	_ = file.SetReadDeadline(time.Now().Add(time.Second))
 	for {
-		n, werr = 0, nil
-		if err := rc.Read(wait); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			return fmt.Errorf("waiting for sockets: %w", err)
+		timeout := max(0, int((lastExpiry+int64(time.Second)-e.clock())/int64(time.Millisecond))+1)
+		n, err := unix.EpollWait(e.epfd, events, timeout)
+		if errors.Is(err, unix.EINTR) {
+			n, err = 0, nil
 		}
-		if werr != nil {
-			return fmt.Errorf("epoll_wait: %w", werr)
+		if err != nil {
+			return fmt.Errorf("epoll_wait: %w", err)
 		}
 		for i := 0; i < n; i++ {
 			ev := &events[i]
@@ -444,10 +428,11 @@ func (e *Engine) Run() error {
 				e.fromReply(ev.Fd, uint8(ev.Pad>>27&1), uint32(ev.Pad)&genMask, ev.Events)
 			}
 		}
-		if now := e.clock(); now-lastExpiry >= int64(time.Second) {
+		now := e.clock()
+		pace.Tick(now)
+		if now-lastExpiry >= int64(time.Second) {
 			e.expire(now)
 			lastExpiry = now
-			_ = file.SetReadDeadline(time.Now().Add(time.Second))
 		}
 	}
 }
@@ -909,9 +894,12 @@ func (e *Engine) toTap(buf []byte, plen int, to *flow.Side, mac packet.MAC) {
 		e.st.Drop(stats.DropMalformed)
 		return
 	}
-	start := e.putHeaders(buf, plen, to, mac, false)
+	// Fragments need the whole checksum; other frames leave it to the
+	// guest's kernel where the guest takes offloads.
+	fragment := to.EAddr.Is4() && e.cfg.MTU > 0 && packet.IPv4Len+packet.UDPLen+plen > e.cfg.MTU
+	start := e.putHeaders(buf, plen, to, mac, e.seg != nil && !fragment)
 	frame := buf[start : packet.MaxHeadroom+plen]
-	if to.EAddr.Is4() && e.cfg.MTU > 0 && len(frame)-packet.EthLen > e.cfg.MTU {
+	if fragment {
 		e.fragmentToTap(frame)
 		return
 	}
@@ -1084,7 +1072,17 @@ func (e *Engine) flush() {
 	var sent int
 	var bytes uint64
 	var err error
-	if bw, ok := e.cfg.Tap.(BatchWriter); ok && len(out) > 1 {
+	if e.seg != nil {
+		// Built by toTap with partial checksums.
+		for _, f := range out {
+			if _, werr := e.seg.WritePartial(f, len(f)-payloadLen(f)); werr != nil {
+				err = werr
+				continue
+			}
+			sent++
+			bytes += uint64(payloadLen(f))
+		}
+	} else if bw, ok := e.cfg.Tap.(BatchWriter); ok && len(out) > 1 {
 		sent, err = bw.WriteFrames(out)
 		for _, f := range out[:sent] {
 			bytes += uint64(payloadLen(f))

@@ -163,9 +163,9 @@ type Engine struct {
 	mu   sync.Mutex
 	tab  *flow.Table
 	epfd int
-	wake   int
-	lst    []listener
-	rx     rxBatch
+	wake int
+	lst  []listener
+	rx   rxBatch
 	// tx sends the guest's datagrams (tap reader), sx what the socket
 	// loop forwards socket to socket.
 	tx, sx *segBatch

@@ -49,20 +49,24 @@
 // scan, the port numbers it listens on itself in the opposite direction.
 // This package identifies gopasst's own sockets precisely instead: every
 // socket has a sockfs inode number, shown in the "inode" column of the
-// tables, as the target of the /proc/self/fd/N link ("socket:[N]") and as
-// st_ino of fstat on the descriptor ([OwnInodes], [Inode]). Socket inodes
-// are global, not per namespace, so one look at this process's descriptors
-// covers the sockets it holds in both namespaces. Unlike port-based
+// tables and in sock_diag's answers, and as st_ino of fstat on the
+// descriptor ([FDInode], [Inode]). Socket inodes are global, not per
+// namespace, so one record covers the sockets gopasst holds in both
+// namespaces: the UDP engine notes the inode of every socket it opens, from
+// before its bind, and forgets it when it closes the last descriptor
+// (udp.Engine.OwnInodes). An earlier version read /proc/self/fd at every
+// scan, which cost a system call per descriptor: with 10,000 flows, more
+// than the data path. Unlike port-based
 // exclusion, a port that some other process also binds (say with
 // SO_REUSEADDR, which the reference sets on all its sockets) still
 // counts.
 //
-// Reading the tables and the descriptor list is not atomic, and gopasst
-// opens and closes sockets concurrently with the scan, so [Scanner.Step]
-// reads the table, then the descriptors, then the table again, and only
-// trusts sockets seen (same inode, same port) in both reads: such a socket
-// existed during the whole time the descriptors were read, so if it is
-// gopasst's it was found there. A socket seen in one read only counts at
+// Reading the tables and the record is not atomic, and gopasst opens and
+// closes sockets concurrently with the scan, so [Scanner.Step] reads the
+// table, then the record, then the table again, and only trusts sockets
+// seen (same inode, same port) in both reads: such a socket existed during
+// the whole time the record was read, so if it is gopasst's it was found
+// there. A socket seen in one read only counts at
 // the next scan if it is still there, one second later. This covers, for
 // instance, a per-flow socket caught between its bind() and connect(),
 // when it is briefly bound and unconnected; the reference, single-threaded,

@@ -271,85 +271,8 @@ func (t *Tables) Close() error {
 	return errors.Join(errs...)
 }
 
-// OwnInodes returns the inode numbers of the sockets this process holds
-// descriptors for, from the /proc/self/fd links ("socket:[N]"). Descriptors
-// closed while the directory is read are skipped.
-func OwnInodes() (map[uint64]bool, error) {
-	return fdInodes("/proc/self/fd")
-}
-
-func fdInodes(dir string) (map[uint64]bool, error) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	names, err := d.Readdirnames(-1)
-	d.Close()
-	if err != nil {
-		return nil, err
-	}
-	own := make(map[uint64]bool, len(names))
-	for _, n := range names {
-		link, err := os.Readlink(dir + "/" + n)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue // closed meanwhile
-			}
-			return nil, err
-		}
-		if ino, ok := socketInode(link); ok {
-			own[ino] = true
-		}
-	}
-	return own, nil
-}
-
-// OwnInodesIn is [OwnInodes] for a process that can no longer open
-// files (gopasst's sandbox): dir is this process's /proc/self/fd, opened
-// before, and each descriptor's inode comes from fstat, which for a socket
-// is the number in the socket tables. Not safe for concurrent use with the
-// same dir.
-func OwnInodesIn(dir *os.File) (map[uint64]bool, error) {
-	if _, err := dir.Seek(0, io.SeekStart); err != nil {
-		return nil, err
-	}
-	names, err := dir.Readdirnames(-1)
-	if err != nil {
-		return nil, err
-	}
-	own := make(map[uint64]bool, len(names))
-	for _, n := range names {
-		fd, err := strconv.Atoi(n)
-		if err != nil {
-			continue
-		}
-		var st unix.Stat_t
-		if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-			continue // closed meanwhile, or not a socket
-		}
-		own[st.Ino] = true
-	}
-	return own, nil
-}
-
-// socketInode parses a descriptor link target "socket:[N]".
-func socketInode(link string) (uint64, bool) {
-	s, ok := strings.CutPrefix(link, "socket:[")
-	if !ok {
-		return 0, false
-	}
-	s, ok = strings.CutSuffix(s, "]")
-	if !ok {
-		return 0, false
-	}
-	ino, err := strconv.ParseUint(s, 10, 64)
-	return ino, err == nil
-}
-
 // FDInode returns the inode number of the file open on fd: for a socket,
-// the number the socket tables show. Callers can use it to record their own
-// sockets as they open them instead of, or besides, scanning with
-// [OwnInodes].
+// the number the socket tables show.
 func FDInode(fd int) (uint64, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {

@@ -15,8 +15,8 @@ type Scanner struct {
 	// [Tables.Read] of tables opened in the namespace (for -u and -t) or
 	// on the host (for -U and -T).
 	ReadBound func() ([]Socket, error)
-	// Own returns the inodes of gopasst's own sockets; nil means
-	// [OwnInodes].
+	// Own returns the inodes of gopasst's own sockets (in gopasst, the
+	// UDP engine's record of the sockets it opened); nil means none.
 	Own func() (map[uint64]bool, error)
 
 	current []Fwd
@@ -35,7 +35,7 @@ func NewScanner(rules []conf.PortRule, readBound func() ([]Socket, error)) *Scan
 // does (it retries failed auto listeners at every scan).
 //
 // The table is read, and only if some socket in it matters for the rules,
-// this process's socket inodes, then the table again; sockets in both reads
+// the inodes of this process's sockets, then the table again; sockets in both reads
 // that are not this process's count (see the package documentation). On
 // error nothing changes: the current forwards are kept rather than all
 // closed because of, say, a transient read failure.
@@ -46,13 +46,11 @@ func (s *Scanner) Step() (open, close []Fwd, err error) {
 	}
 	want := Desired(s.Rules, first, nil)
 	if len(want) > 0 {
-		ownFn := s.Own
-		if ownFn == nil {
-			ownFn = OwnInodes
-		}
-		own, err := ownFn()
-		if err != nil {
-			return nil, nil, err
+		var own map[uint64]bool
+		if s.Own != nil {
+			if own, err = s.Own(); err != nil {
+				return nil, nil, err
+			}
 		}
 		second, err := s.ReadBound()
 		if err != nil {

@@ -1,7 +1,6 @@
 package pasta
 
 import (
-	"os"
 	"time"
 
 	"github.com/gopasst/gopasst/internal/autoscan"
@@ -23,13 +22,31 @@ const autoInterval = time.Second
 // too (iperf3 and friends announce UDP ports that way). gopasst's own
 // sockets never count, so a port forwarded one way is not forwarded back.
 //
-// Everything it reads is opened by newAutoForwarder, before the sandbox:
-// the socket tables and this process's descriptor directory.
+// What it reads is opened by newAutoForwarder, before the sandbox: a
+// sock_diag socket, or, where the kernel has no UDP sock_diag, the procfs
+// socket tables. gopasst's own sockets are those the UDP engine reports
+// (udp.Engine.OwnInodes).
 type autoForwarder struct {
 	rules  []conf.PortRule
 	splice bool
-	tables *autoscan.Tables
-	fds    *os.File // /proc/self/fd
+	tables socketReader
+}
+
+// socketReader is autoscan.Diag or, failing that, autoscan.Tables.
+type socketReader interface {
+	Read() ([]autoscan.Socket, error)
+	Close() error
+}
+
+// openSockets opens a socketReader for the calling thread's network
+// namespace; procDir is the procfs directory that describes it.
+func openSockets(procDir string) (socketReader, error) {
+	d, err := autoscan.OpenDiag()
+	if err == nil {
+		return d, nil
+	}
+	log.Debugf("UDP auto forwarding: %v: reading %s instead", err, procDir)
+	return autoscan.OpenTables(procDir, true, true)
 }
 
 // newAutoForwarder opens what the forwards of f need, or returns nil if
@@ -39,18 +56,18 @@ func newAutoForwarder(ns *netns.NS, f *conf.Forward, splice bool) *autoForwarder
 	if len(rules) == 0 {
 		return nil
 	}
-	var tables *autoscan.Tables
+	var tables socketReader
 	var err error
 	if splice {
-		// The host's tables: the main thread never leaves the host's
-		// network namespace.
-		tables, err = autoscan.OpenTables("/proc/self/net", true, true)
+		// The host's sockets: only threads locked in ns.Do leave the
+		// host's network namespace, and the main thread never does.
+		tables, err = openSockets("/proc/self/net")
 	} else {
 		err = ns.Do(func() error {
 			var err error
-			// Opened from a thread inside the namespace, the files
-			// keep showing it when read from anywhere.
-			tables, err = autoscan.OpenTables("/proc/thread-self/net", true, true)
+			// Opened from a thread inside the namespace, the netlink
+			// socket and the files keep showing it from anywhere.
+			tables, err = openSockets("/proc/thread-self/net")
 			return err
 		})
 	}
@@ -58,27 +75,20 @@ func newAutoForwarder(ns *netns.NS, f *conf.Forward, splice bool) *autoForwarder
 		log.Warnf("UDP auto forwarding disabled: %v", err)
 		return nil
 	}
-	fds, err := os.Open("/proc/self/fd")
-	if err != nil {
-		tables.Close()
-		log.Warnf("UDP auto forwarding disabled: %v", err)
-		return nil
-	}
-	return &autoForwarder{rules: rules, splice: splice, tables: tables, fds: fds}
+	return &autoForwarder{rules: rules, splice: splice, tables: tables}
 }
 
 // run keeps the forwards up to date until stop is closed, then closes
 // what newAutoForwarder opened.
 func (a *autoForwarder) run(eng *udp.Engine, v4, v6 bool, stop <-chan struct{}) {
 	defer a.tables.Close()
-	defer a.fds.Close()
 	splice := a.splice
 	dir := "-u"
 	if splice {
 		dir = "-U"
 	}
 	sc := autoscan.NewScanner(a.rules, a.tables.Read)
-	sc.Own = func() (map[uint64]bool, error) { return autoscan.OwnInodesIn(a.fds) }
+	sc.Own = func() (map[uint64]bool, error) { return eng.OwnInodes(), nil }
 	failed := map[autoscan.Fwd]bool{}
 	tick := time.NewTicker(autoInterval)
 	defer tick.Stop()

@@ -117,11 +117,12 @@ func listenSocket(mk SocketFunc, addr netip.Addr, port uint16, ifname string) (i
 // replySocket opens a socket bound to local (its port kept if free, an
 // ephemeral one otherwise), and to device ifname if not empty, and
 // connected to remote. It returns the port it got.
-func replySocket(mk SocketFunc, local, remote netip.AddrPort, ifname string) (int, uint16, error) {
+func replySocket(mk SocketFunc, local, remote netip.AddrPort, ifname string, hold func(fd, n int)) (int, uint16, error) {
 	fd, err := newSocket(mk, remote.Addr(), ifname)
 	if err != nil {
 		return -1, 0, err
 	}
+	hold(fd, 1)
 	err = unix.Bind(fd, sockaddr(local))
 	if err != nil && local.Port() != 0 && (errors.Is(err, unix.EADDRINUSE) || errors.Is(err, unix.EACCES)) {
 		err = unix.Bind(fd, sockaddr(netip.AddrPortFrom(local.Addr(), 0)))
@@ -130,6 +131,7 @@ func replySocket(mk SocketFunc, local, remote netip.AddrPort, ifname string) (in
 		err = unix.Connect(fd, sockaddr(remote))
 	}
 	if err != nil {
+		hold(fd, -1)
 		unix.Close(fd)
 		return -1, 0, err
 	}

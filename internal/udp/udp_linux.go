@@ -184,6 +184,12 @@ type Engine struct {
 	split []byte
 	clock func() int64
 
+	// own counts, by inode, the sockets the engine holds: listening
+	// sockets, the duplicates flows keep of them, and reply sockets,
+	// counted from before their bind. See OwnInodes.
+	ownMu sync.Mutex
+	own   map[uint64]int
+
 	// Listening sockets are opened and closed by the socket loop only,
 	// on request (AddForward, RemoveForward).
 	reqs     chan lstReq
@@ -198,7 +204,8 @@ func New(cfg Config) (*Engine, error) {
 		cfg.MaxFlows = 65536
 	}
 	e := &Engine{cfg: cfg, st: cfg.Stats, tab: flow.NewTable(cfg.MaxFlows), clock: monotonic,
-		reqs: make(chan lstReq, 16), runDone: make(chan struct{}), icmp: &icmpState{}, icmpTap: &icmpState{}}
+		reqs: make(chan lstReq, 16), runDone: make(chan struct{}), icmp: &icmpState{}, icmpTap: &icmpState{},
+		own: map[uint64]int{}}
 	var err error
 	if e.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, err
@@ -294,7 +301,38 @@ func (e *Engine) openListener(f Forward) error {
 		e.lst[idx].fd = -1
 		return err
 	}
+	e.hold(fd, 1)
 	return nil
+}
+
+// hold adds n (1 or -1) to the count of unconnected sockets the engine
+// holds with the inode of fd.
+func (e *Engine) hold(fd, n int) {
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		return
+	}
+	e.ownMu.Lock()
+	defer e.ownMu.Unlock()
+	if e.own[st.Ino] += n; e.own[st.Ino] <= 0 {
+		delete(e.own, st.Ino)
+	}
+}
+
+// OwnInodes returns the inode numbers of the sockets the engine holds:
+// listening sockets, the duplicates of them that flows keep after a
+// listener closes, and reply sockets, which count from before their bind,
+// so that one caught bound but not yet connected is known as ours.
+// Automatic forwarding leaves these ports alone, so that a port forwarded
+// one way is not forwarded back.
+func (e *Engine) OwnInodes() map[uint64]bool {
+	e.ownMu.Lock()
+	defer e.ownMu.Unlock()
+	m := make(map[uint64]bool, len(e.own))
+	for ino := range e.own {
+		m[ino] = true
+	}
+	return m
 }
 
 // closeListener closes the listening socket of f. Flows it started keep
@@ -304,6 +342,7 @@ func (e *Engine) closeListener(f Forward) error {
 		l := &e.lst[i]
 		if l.fd >= 0 && l.addr == f.Addr && l.port == f.Port && l.ifname == f.Ifname && (l.pif == flow.PIFSplice) == f.Splice {
 			_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, l.fd, nil)
+			e.hold(l.fd, -1)
 			unix.Close(l.fd)
 			l.fd = -1
 			return nil
@@ -537,7 +576,7 @@ func (e *Engine) newFromTap(ini flow.Side, now int64) flow.Ref {
 		return flow.NoRef
 	}
 	fd, port, err := replySocket(unix.Socket, netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort),
-		e.cfg.Rules.OutboundIf(tgt.EAddr))
+		e.cfg.Rules.OutboundIf(tgt.EAddr), e.hold)
 	if err != nil {
 		e.tab.Free(idx)
 		e.st.Drop(stats.DropSockErr)
@@ -607,6 +646,7 @@ func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Re
 		return flow.NoRef
 	}
 	f.Sock[flow.Ini] = dup
+	e.hold(dup, 1)
 	sides := []uint8{flow.Ini, flow.Tgt}
 	if tgtPIF != flow.PIFTap {
 		// The target is a socket of its own, bound to the sender's
@@ -616,7 +656,7 @@ func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Re
 		if tgtPIF == flow.PIFSplice {
 			mk = e.cfg.NSSocket
 		}
-		fd, port, err := replySocket(mk, netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort), "")
+		fd, port, err := replySocket(mk, netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort), "", e.hold)
 		if err != nil {
 			e.closeFlow(idx, f)
 			e.st.Drop(stats.DropSockErr)
@@ -692,6 +732,7 @@ func (e *Engine) closeFlow(idx int32, f *flow.Flow) {
 		if f.Connected[side] {
 			_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 		}
+		e.hold(fd, -1)
 		unix.Close(fd)
 		f.Sock[side] = -1
 	}

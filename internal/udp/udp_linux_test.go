@@ -10,6 +10,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
+	"github.com/gopasst/gopasst/internal/autoscan"
 	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/packet"
 	"github.com/gopasst/gopasst/internal/stats"
@@ -202,6 +203,10 @@ func TestGuestToLoopbackEcho(t *testing.T) {
 			if e.Flows() != 1 {
 				t.Errorf("%d flows, want 1", e.Flows())
 			}
+			// The flow's reply socket is the engine's only socket.
+			if own := e.OwnInodes(); len(own) != 1 {
+				t.Errorf("engine reports %d sockets of its own, want 1", len(own))
+			}
 		})
 	}
 }
@@ -292,8 +297,27 @@ func TestAddRemoveForward(t *testing.T) {
 	cport := uint16(c.LocalAddr().(*net.UDPAddr).Port)
 	checkFrame(t, recvFrame(t, tap), netip.AddrPortFrom(gw4, cport), netip.AddrPortFrom(guest4, 9999), []byte("hello"))
 
+	// The listening socket is the engine's own, for automatic forwarding.
+	bound, err := autoscan.Read("/proc/self/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ino uint64
+	for _, b := range bound {
+		if b.Addr == lo && b.Port == f.Port {
+			ino = b.Inode
+		}
+	}
+	if ino == 0 || !e.OwnInodes()[ino] {
+		t.Errorf("listening socket on port %d (inode %d) not among the engine's own %v", f.Port, ino, e.OwnInodes())
+	}
+
 	if err := e.RemoveForward(f); err != nil {
 		t.Fatal(err)
+	}
+	// The flow keeps a duplicate of it: still bound, still ours.
+	if !e.OwnInodes()[ino] {
+		t.Errorf("duplicate of the closed listening socket (inode %d) not among the engine's own", ino)
 	}
 	if err := e.RemoveForward(f); err == nil {
 		t.Fatal("removing twice succeeded")

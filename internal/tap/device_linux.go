@@ -56,6 +56,12 @@ func NewDevice(fd int) (*Device, error) {
 // ReadBatch implements Endpoint. It waits in poll(2) on its own thread
 // (see package yield for why not in the runtime's poller).
 func (d *Device) ReadBatch(bufs [][]byte, lens []int) (int, error) {
+	if len(lens) < len(bufs) {
+		bufs = bufs[:len(lens)]
+	}
+	if len(bufs) == 0 {
+		return 0, nil
+	}
 	for {
 		if d.closed.Load() {
 			return 0, ErrClosed

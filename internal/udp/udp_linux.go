@@ -305,8 +305,8 @@ func (e *Engine) openListener(f Forward) error {
 	return nil
 }
 
-// hold adds n (1 or -1) to the count of unconnected sockets the engine
-// holds with the inode of fd.
+// hold adds n (1 or -1) to the count of the engine's descriptors open on
+// the socket of fd (see OwnInodes).
 func (e *Engine) hold(fd, n int) {
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) != nil {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+
+	"github.com/gopasst/gopasst/internal/wirecheck"
 )
 
 var (
@@ -214,18 +216,8 @@ func TestSumMatchesReference(t *testing.T) {
 		for i := range b {
 			b[i] = byte(r.Uint32())
 		}
-		var ref uint32
-		for i := 0; i+1 < len(b); i += 2 {
-			ref += uint32(b[i])<<8 | uint32(b[i+1])
-		}
-		if len(b)%2 == 1 {
-			ref += uint32(b[len(b)-1]) << 8
-		}
-		for ref > 0xffff {
-			ref = ref>>16 + ref&0xffff
-		}
-		if got := Fold(Sum(b, 0)); got != ^uint16(ref) {
-			t.Fatalf("len %d: got %04x want %04x", n, got, ^uint16(ref))
+		if got, want := Fold(Sum(b, 0)), wirecheck.Checksum(b); got != want {
+			t.Fatalf("len %d: got %04x want %04x", n, got, want)
 		}
 	}
 }

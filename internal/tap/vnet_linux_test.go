@@ -17,6 +17,7 @@ import (
 	"github.com/gopasst/gopasst/internal/netns"
 	"github.com/gopasst/gopasst/internal/packet"
 	"github.com/gopasst/gopasst/internal/tap"
+	"github.com/gopasst/gopasst/internal/wirecheck"
 )
 
 // TestWritePartial writes datagrams with a partial UDP checksum through a
@@ -222,23 +223,12 @@ func captureUDP(t *testing.T, s int, port uint16) ([]byte, uint32) {
 	}
 }
 
-// complete finishes a partial UDP checksum as a device does: the one's
-// complement sum of the datagram, checksum field (the pseudo-header sum)
-// included, complemented; zero is sent as 0xffff.
+// complete finishes a partial UDP checksum as a device does: the checksum
+// of the datagram, checksum field (the pseudo-header sum) included; zero
+// is sent as 0xffff.
 func complete(udp []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(udp); i += 2 {
-		sum += uint32(udp[i])<<8 | uint32(udp[i+1])
+	if c := wirecheck.Checksum(udp); c != 0 {
+		return c
 	}
-	if len(udp)%2 == 1 {
-		sum += uint32(udp[len(udp)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	c := ^uint16(sum)
-	if c == 0 {
-		c = 0xffff
-	}
-	return c
+	return 0xffff
 }

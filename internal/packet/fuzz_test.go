@@ -385,22 +385,6 @@ func FuzzICMPError(f *testing.F) {
 	})
 }
 
-// refSum is the partial sum of b added to initial, word by word with the
-// end-around carry of RFC 1071.
-func refSum(b []byte, initial uint32) uint32 {
-	s := uint64(initial)
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint64(b[i])<<8 | uint64(b[i+1])
-	}
-	if len(b)%2 == 1 {
-		s += uint64(b[len(b)-1]) << 8
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return uint32(s)
-}
-
 // FuzzSum compares the unrolled Sum with the plain one, and checks that
 // sums chain over an even split.
 func FuzzSum(f *testing.F) {
@@ -408,7 +392,7 @@ func FuzzSum(f *testing.F) {
 	f.Add(bytes.Repeat([]byte{0xff}, 67), uint32(0xffffffff), uint16(32))
 	f.Fuzz(func(t *testing.T, b []byte, initial uint32, split uint16) {
 		got := Sum(b, initial)
-		if want := refSum(b, initial); got != want {
+		if want := wirecheck.Sum(b, initial); got != want {
 			t.Fatalf("Sum = %#x, want %#x", got, want)
 		}
 		if s := int(split) &^ 1; s <= len(b) {

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasst/gopasst/internal/e2e/sandbox"
+	"github.com/gopasst/gopasst/internal/wirecheck"
 )
 
 // Ports of the echo servers.
@@ -603,25 +604,13 @@ func udpFrame(v6 bool, src net.HardwareAddr, payload int) []byte {
 		a, b := nsAddr4.As4(), sandbox.GatewayAddr4.As4()
 		copy(ip[12:16], a[:])
 		copy(ip[16:20], b[:])
-		binary.BigEndian.PutUint16(ip[10:12], ipChecksum(ip[:ip4Len]))
+		binary.BigEndian.PutUint16(ip[10:12], wirecheck.Checksum(ip[:ip4Len]))
 	}
 	u := ip[l3:]
 	binary.BigEndian.PutUint16(u[0:2], 40000)
 	binary.BigEndian.PutUint16(u[2:4], discard)
 	binary.BigEndian.PutUint16(u[4:6], uint16(udpLen+payload))
 	return f
-}
-
-// ipChecksum is the Internet checksum of b.
-func ipChecksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return ^uint16(s)
 }
 
 // malformedFrame builds one malformed frame, chosen at random, and
@@ -683,7 +672,7 @@ func fragmentFrame(r *rand.Rand, src net.HardwareAddr) []byte {
 		binary.BigEndian.PutUint16(ip[4:6], uint16(r.Uint32()))
 		binary.BigEndian.PutUint16(ip[6:8], 0x2000|uint16(off/8))
 		ip[10], ip[11] = 0, 0
-		binary.BigEndian.PutUint16(ip[10:12], ipChecksum(ip[:ip4Len]))
+		binary.BigEndian.PutUint16(ip[10:12], wirecheck.Checksum(ip[:ip4Len]))
 		return f
 	}
 	// IPv6: a fragment header between the IPv6 header and the data.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasst/gopasst/internal/e2e/watch"
 )
 
 // Ports the translators forward (see [translatorArgs]).
@@ -445,20 +446,11 @@ func processCPUClock(pid int) (int64, error) {
 // RSS returns the peak resident set size (VmHWM) of the translator's
 // processes, summed, in MiB.
 func (in *Instance) RSS() float64 {
-	var kib uint64
+	var kib int
 	for _, pid := range in.scan() {
-		f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-		if err != nil {
-			continue
+		if st, err := watch.ProcStatus(pid); err == nil {
+			kib += watch.KiB(st, "VmHWM")
 		}
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-				n, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-				kib += n
-			}
-		}
-		f.Close()
 	}
 	return float64(kib) / 1024
 }

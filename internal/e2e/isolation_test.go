@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gopasst/gopasst/internal/e2e/sandbox"
+	"github.com/gopasst/gopasst/internal/e2e/watch"
 )
 
 // Variants of gopasst built on demand, next to the others: a pure-Go build
@@ -44,15 +45,9 @@ func gopasstVariant(t *testing.T, name string, buildArgs ...string) string {
 // procStatus returns the fields of /proc/PID/status.
 func procStatus(t *testing.T, pid int) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	st, err := watch.ProcStatus(pid)
 	if err != nil {
 		t.Fatal(err)
-	}
-	st := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok {
-			st[k] = strings.TrimSpace(v)
-		}
 	}
 	return st
 }

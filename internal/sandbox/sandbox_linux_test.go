@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gopasst/gopasst/internal/e2e/watch"
 )
 
 // The sandbox cannot be undone, so the tests apply it in a child: this
@@ -180,15 +182,9 @@ func (c *child) finish(t *testing.T) {
 // status returns the fields of /proc/PID/status of the child.
 func (c *child) status(t *testing.T) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
+	st, err := watch.ProcStatus(c.cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
-	}
-	st := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok {
-			st[k] = strings.TrimSpace(v)
-		}
 	}
 	return st
 }

@@ -5,7 +5,6 @@
 package watch
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"os"
@@ -37,32 +36,38 @@ func FDs(pid int) (int, error) {
 	}
 }
 
+// ProcStatus returns the fields of /proc/PID/status, by name, their
+// values without the surrounding blanks ("Uid" holds its four tab-separated
+// numbers, "VmRSS" a number and "kB").
+func ProcStatus(pid int) (map[string]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, err
+	}
+	st := map[string]string{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			st[k] = strings.TrimSpace(v)
+		}
+	}
+	return st, nil
+}
+
+// KiB reads a status field in kB ("VmRSS", "VmHWM"); 0 if it is missing.
+func KiB(st map[string]string, field string) int {
+	n, _ := strconv.Atoi(strings.TrimSuffix(st[field], " kB"))
+	return n
+}
+
 // Status reads the thread count and resident memory of pid from
 // /proc/PID/status.
 func Status(pid int) (threads, rssKiB int, err error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	st, err := ProcStatus(pid)
 	if err != nil {
 		return 0, 0, err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		fields := strings.Fields(v)
-		if len(fields) == 0 {
-			continue
-		}
-		switch k {
-		case "Threads":
-			threads, _ = strconv.Atoi(fields[0])
-		case "VmRSS":
-			rssKiB, _ = strconv.Atoi(fields[0])
-		}
-	}
-	return threads, rssKiB, sc.Err()
+	threads, _ = strconv.Atoi(st["Threads"])
+	return threads, KiB(st, "VmRSS"), nil
 }
 
 // clockTick is the unit of the times in /proc/PID/stat (USER_HZ, 100 on

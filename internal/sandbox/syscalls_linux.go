@@ -39,16 +39,14 @@ var hotRules = []rule{
 	allow(unix.SYS_WRITE, "write"),             // tap frames, log
 	allow(unix.SYS_EPOLL_PWAIT, "epoll_pwait"), // UDP loop, Go netpoller
 	allow(unix.SYS_FUTEX, "futex"),             // Go runtime: goroutine hand-off
-	allow(unix.SYS_PPOLL, "ppoll"),             // tap device and qemu stream waits
-	allow(unix.SYS_RECVFROM, "recvfrom"),       // single datagrams, qemu stream
+	allow(unix.SYS_PPOLL, "ppoll"),             // tap device and qemu stream waits (package yield)
+	allow(unix.SYS_RECVFROM, "recvfrom"),       // single datagrams, qemu stream, sock_diag answers
 	allow(unix.SYS_SENDMSG, "sendmsg"),         // qemu stream, single datagrams
 	allow(unix.SYS_RECVMSG, "recvmsg"),         // ICMP errors (MSG_ERRQUEUE)
-	allow(unix.SYS_SENDTO, "sendto"),           // as sendmsg (package net's UDP writes)
+	allow(unix.SYS_SENDTO, "sendto"),           // as sendmsg (package net's UDP writes), sock_diag requests
 	allow(unix.SYS_PWRITE64, "pwrite64"),       // pcap (-p)
-	// Not made today, but what batching the tap and stream I/O would
-	// use; they can do no more than read and write.
-	allow(unix.SYS_READV, "readv"),
-	allow(unix.SYS_WRITEV, "writev"),
+	allow(unix.SYS_READV, "readv"),             // tap frames behind a virtio-net header
+	allow(unix.SYS_WRITEV, "writev"),           // the same, and segmented frames
 }
 
 // runtimeRules are what Go's runtime (and, in cgo and race builds, the C

@@ -190,15 +190,7 @@ func (r *Rules) FromHost(ini flow.Side, guestPort uint16, g *Guest) (flow.PIF, f
 		tgt.EAddr = g.Addr6()
 	}
 	if r.Splice && ini.EAddr.IsLoopback() {
-		// The namespace sees the same loopback source; it is reached
-		// at its own address, or at its loopback.
-		if r.HostLoToNSLo || !tgt.EAddr.IsValid() {
-			tgt.EAddr = loop6
-			if v4 {
-				tgt.EAddr = loop4
-			}
-		}
-		return flow.PIFSplice, tgt, OK
+		return flow.PIFSplice, r.spliceTarget(tgt), OK
 	}
 	if !tgt.EAddr.IsValid() {
 		return flow.PIFNone, flow.Side{}, FamilyOff
@@ -217,6 +209,32 @@ func (r *Rules) FromHost(ini flow.Side, guestPort uint16, g *Guest) (flow.PIF, f
 		tgt.FAddr = mapHost
 	}
 	return flow.PIFTap, tgt, OK
+}
+
+// spliceTarget completes the namespace side of a flow from the host's
+// loopback (pasta's splice path) whose EAddr is the namespace's address
+// (invalid if unknown) and FPort the client's port. The namespace is
+// reached at its own address, or at its loopback with HostLoToNSLo (or
+// when it has no address of the family). The source address is left
+// unspecified, for the kernel to pick the one it would use towards that
+// destination: the namespace's own address, or loopback. A loopback source
+// towards a non-loopback destination would be a pair no server can answer:
+// its reply, or its socket connected to the client, would leave from a
+// loopback address, which the flow's socket does not take. The client's
+// port is kept (where free). TCP and UDP splice both use this pair.
+func (r *Rules) spliceTarget(tgt flow.Side) flow.Side {
+	v4 := tgt.FAddr.Is4()
+	if r.HostLoToNSLo || !tgt.EAddr.IsValid() {
+		tgt.EAddr = loop6
+		if v4 {
+			tgt.EAddr = loop4
+		}
+	}
+	tgt.FAddr = netip.IPv6Unspecified()
+	if v4 {
+		tgt.FAddr = netip.IPv4Unspecified()
+	}
+	return tgt
 }
 
 // FromSplice computes the host side of a flow initiated by a datagram that

@@ -39,6 +39,18 @@ func getSockaddr(sa *unix.RawSockaddrInet6) netip.AddrPort {
 	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
 }
 
+// getSockaddrAny converts what getsockname returned, or returns def for
+// another family.
+func getSockaddrAny(sa unix.Sockaddr, def netip.AddrPort) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	}
+	return def
+}
+
 func sockaddr(ap netip.AddrPort) unix.Sockaddr {
 	if ap.Addr().Is4() {
 		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
@@ -116,11 +128,11 @@ func listenSocket(mk SocketFunc, addr netip.Addr, port uint16, ifname string) (i
 
 // replySocket opens a socket bound to local (its port kept if free, an
 // ephemeral one otherwise), and to device ifname if not empty, and
-// connected to remote. It returns the port it got.
-func replySocket(mk SocketFunc, local, remote netip.AddrPort, ifname string, hold func(fd, n int)) (int, uint16, error) {
+// connected to remote. It returns the local address and port it got.
+func replySocket(mk SocketFunc, local, remote netip.AddrPort, ifname string, hold func(fd, n int)) (int, netip.AddrPort, error) {
 	fd, err := newSocket(mk, remote.Addr(), ifname)
 	if err != nil {
-		return -1, 0, err
+		return -1, netip.AddrPort{}, err
 	}
 	hold(fd, 1)
 	err = unix.Bind(fd, sockaddr(local))
@@ -133,16 +145,10 @@ func replySocket(mk SocketFunc, local, remote netip.AddrPort, ifname string, hol
 	if err != nil {
 		hold(fd, -1)
 		unix.Close(fd)
-		return -1, 0, err
+		return -1, netip.AddrPort{}, err
 	}
-	port := local.Port()
 	if sa, err := unix.Getsockname(fd); err == nil {
-		switch sa := sa.(type) {
-		case *unix.SockaddrInet4:
-			port = uint16(sa.Port)
-		case *unix.SockaddrInet6:
-			port = uint16(sa.Port)
-		}
+		local = getSockaddrAny(sa, local)
 	}
 	// Anything that arrived between bind and connect came from another
 	// peer: it is not part of this flow.
@@ -152,5 +158,5 @@ func replySocket(mk SocketFunc, local, remote netip.AddrPort, ifname string, hol
 			break
 		}
 	}
-	return fd, port, nil
+	return fd, local, nil
 }

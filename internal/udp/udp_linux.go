@@ -575,7 +575,7 @@ func (e *Engine) newFromTap(ini flow.Side, now int64) flow.Ref {
 		}
 		return flow.NoRef
 	}
-	fd, port, err := replySocket(unix.Socket, netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort),
+	fd, local, err := replySocket(unix.Socket, netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort),
 		e.cfg.Rules.OutboundIf(tgt.EAddr), e.hold)
 	if err != nil {
 		e.tab.Free(idx)
@@ -589,7 +589,7 @@ func (e *Engine) newFromTap(ini flow.Side, now int64) flow.Ref {
 	if e.gro {
 		enableGRO(fd)
 	}
-	tgt.FPort = port
+	tgt.FPort = local.Port()
 	f.PIF = [2]flow.PIF{flow.PIFTap, flow.PIFHost}
 	f.Side = [2]flow.Side{ini, tgt}
 	f.Sock[flow.Tgt], f.Connected[flow.Tgt] = fd, true
@@ -656,7 +656,7 @@ func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Re
 		if tgtPIF == flow.PIFSplice {
 			mk = e.cfg.NSSocket
 		}
-		fd, port, err := replySocket(mk, netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort), "", e.hold)
+		fd, local, err := replySocket(mk, netip.AddrPortFrom(tgt.FAddr, tgt.FPort), netip.AddrPortFrom(tgt.EAddr, tgt.EPort), "", e.hold)
 		if err != nil {
 			e.closeFlow(idx, f)
 			e.st.Drop(stats.DropSockErr)
@@ -668,7 +668,7 @@ func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Re
 		if e.gro {
 			enableGRO(fd)
 		}
-		f.Side[flow.Tgt].FPort = port
+		f.Side[flow.Tgt].FAddr, f.Side[flow.Tgt].FPort = local.Addr(), local.Port()
 		f.Sock[flow.Tgt], f.Connected[flow.Tgt] = fd, true
 		ev := evData(kindReply, flow.Tgt, idx, f.Gen)
 		if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {

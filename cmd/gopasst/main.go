@@ -27,6 +27,7 @@ import (
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/passt"
 	"github.com/gopasst/gopasst/internal/pasta"
+	"github.com/gopasst/gopasst/internal/protocols"
 	"github.com/gopasst/gopasst/internal/sandbox"
 )
 
@@ -84,9 +85,9 @@ func run(argv []string) int {
 		log.Warnf("TCP forwarding is not implemented yet: -t/-T ports are not forwarded")
 	}
 	if mode == conf.ModePasst {
-		return passt.Run(cfg)
+		return passt.Run(cfg, protocols.All)
 	}
-	return pasta.Run(cfg)
+	return pasta.Run(cfg, protocols.All)
 }
 
 // pickMode finds the mode from the program name or the first argument.

@@ -1,6 +1,8 @@
-// Package engine runs gopasst's data path: it reads frames from the guest's
-// endpoint and hands each to the part that deals with it, and it runs the
-// host-side socket loop beside it.
+// Package engine runs gopasst's data path: the core that every protocol
+// shares. It reads frames from the guest's endpoint and hands each to the
+// part that deals with it, and it runs the host side's event loop beside
+// it. It knows no transport protocol: UDP, ICMP echo and, later, TCP plug
+// in as [Protocol]s (package protocols lists them).
 //
 // # Theory of operation
 //
@@ -11,11 +13,20 @@
 //     parses each once (package packet), learns the guest's MAC and
 //     addresses from them (package fwd), answers ARP and NDP (package l2)
 //     and DHCP and DHCPv6 (package dhcp) on the spot, reassembles IP
-//     fragments (package frag), and collects the UDP
-//     datagrams of the batch for one call into the UDP engine, which
-//     groups them by flow;
-//   - the UDP engine's epoll loop (package udp) carries datagrams from host
-//     sockets back to the guest.
+//     fragments (package frag), answers packets whose TTL runs out at the
+//     gateway with time-exceeded, and collects the rest of the batch per
+//     protocol, by IP protocol number, for one call into each protocol,
+//     which groups its packets by flow;
+//   - the host event loop (package evloop) carries what arrives on host
+//     sockets back to the guest: each protocol registers its sockets there
+//     under kinds of its own, and its timers as tickers.
+//
+// Everything a protocol needs comes in an [Env]: the forwarding rules and
+// what is known of the guest (package fwd), the one flow table of all
+// protocols (package flow, bounded by --max-flows), the loop, and one
+// guest writer (package toguest) for each goroutine. Forwarding rules of
+// every protocol go through one add/remove API ([Engine.AddForward]),
+// which the command line, "auto" and a control socket all use.
 //
 // Each goroutine waits in poll(2) or epoll_wait(2) on its own thread
 // (package yield tells why). Handing a batch from the tap reader to a
@@ -34,6 +45,8 @@ import (
 	"sync"
 
 	"github.com/gopasst/gopasst/internal/dhcp"
+	"github.com/gopasst/gopasst/internal/evloop"
+	"github.com/gopasst/gopasst/internal/flow"
 	"github.com/gopasst/gopasst/internal/frag"
 	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/l2"
@@ -41,7 +54,7 @@ import (
 	"github.com/gopasst/gopasst/internal/packet"
 	"github.com/gopasst/gopasst/internal/stats"
 	"github.com/gopasst/gopasst/internal/tap"
-	"github.com/gopasst/gopasst/internal/udp"
+	"github.com/gopasst/gopasst/internal/toguest"
 )
 
 // Batch is the most frames read from the endpoint per wake-up.
@@ -50,56 +63,126 @@ const Batch = 64
 // MaxFrame is the largest frame read from the endpoint.
 const MaxFrame = 1<<16 + 64
 
-// Engine ties an endpoint to the L2 responder and the UDP engine.
+// Engine ties an endpoint to the L2 responder and the protocols.
 type Engine struct {
 	EP    tap.Endpoint
 	L2    *l2.Responder
 	DHCP  *dhcp.Server // answers DHCP and DHCPv6 before UDP sees them
-	UDP   *udp.Engine  // nil with --no-udp
 	Frag  *frag.Reassembler
 	Guest *fwd.Guest
-	// Rules, if set, vet the source addresses the guest's address is
-	// learnt from (see fwd.Rules.GuestSource).
+	// Rules vet the source addresses the guest's address is learnt from
+	// (see fwd.Rules.GuestSource) and say what stands for the host.
 	Rules *fwd.Rules
 	Stats *stats.Counters
 	// IPv4 and IPv6 say which families are served.
 	IPv4, IPv6 bool
+	// Loop is the host event loop, Flows the flow table of every
+	// protocol.
+	Loop  *evloop.Loop
+	Flows *flow.Table
+	// TapOut writes to the guest for the tap reader (time-exceeded and
+	// what protocols answer at once).
+	TapOut *toguest.Writer
+	// Router4 and Router6 are the guest's gateway addresses, where
+	// time-exceeded comes from.
+	Router4, Router6 netip.Addr
+
+	// byProto is the protocol of each IP protocol number, byFwd the one
+	// of each forwarding protocol; protos lists them once each.
+	byProto [256]*served
+	byFwd   [fwd.NumProtos]*served
+	protos  []*served
 }
 
-// Run starts the UDP loop and reads frames until the endpoint is closed or
-// fails. It returns nil after Close.
+// served is a protocol running in the engine, and its batch of the
+// guest's packets.
+type served struct {
+	name  string
+	h     Handler
+	batch []*packet.Parsed
+}
+
+// Serves reports whether a protocol that forwards ports of p runs.
+func (e *Engine) Serves(p fwd.Proto) bool { return p < fwd.NumProtos && e.byFwd[p] != nil }
+
+// AddForward opens the listening socket of f, while the engine runs or
+// before.
+func (e *Engine) AddForward(f fwd.Forward) error {
+	fw, err := e.forwarder(f)
+	if err != nil {
+		return err
+	}
+	return fw.AddForward(f)
+}
+
+// RemoveForward closes the listening socket of f.
+func (e *Engine) RemoveForward(f fwd.Forward) error {
+	fw, err := e.forwarder(f)
+	if err != nil {
+		return err
+	}
+	return fw.RemoveForward(f)
+}
+
+func (e *Engine) forwarder(f fwd.Forward) (fwd.Forwarder, error) {
+	if !e.Serves(f.Proto) {
+		return nil, fmt.Errorf("%s: %s is not served", f, f.Proto)
+	}
+	fw, ok := e.byFwd[f.Proto].h.(fwd.Forwarder)
+	if !ok {
+		return nil, fmt.Errorf("%s: %s has no forwarding", f, f.Proto)
+	}
+	return fw, nil
+}
+
+// OwnInodes returns the inode numbers of the sockets the protocols hold
+// (see udp.Engine.OwnInodes), which "auto" forwarding leaves alone.
+func (e *Engine) OwnInodes() map[uint64]bool {
+	m := map[uint64]bool{}
+	for _, p := range e.protos {
+		if o, ok := p.h.(interface{ OwnInodes() map[uint64]bool }); ok {
+			for ino := range o.OwnInodes() {
+				m[ino] = true
+			}
+		}
+	}
+	return m
+}
+
+// Run starts the host event loop and reads frames until the endpoint is
+// closed or fails; then it stops the loop and releases every protocol's
+// sockets. It returns nil after Close.
 func (e *Engine) Run() error {
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
-	if e.UDP != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := e.UDP.Run(); err != nil {
-				errc <- err
-				e.EP.Close()
-			}
-		}()
-	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := e.Loop.Run(); err != nil {
+			errc <- err
+			e.EP.Close()
+		}
+	}()
 	err := e.readLoop()
 	if errors.Is(err, tap.ErrClosed) {
 		err = nil
 	}
-	if e.UDP != nil {
-		e.UDP.Close()
-	}
+	e.Loop.Close()
 	wg.Wait()
+	for _, p := range e.protos {
+		p.h.Release()
+	}
 	select {
-	case uerr := <-errc:
+	case lerr := <-errc:
 		if err == nil {
-			err = uerr
+			err = lerr
 		}
 	default:
 	}
 	return err
 }
 
-// fragment hands an IP fragment to the reassembler and returns the UDP
+// fragment hands an IP fragment to the reassembler and returns the
 // datagram it completes, if any.
 func (e *Engine) fragment(p *packet.Parsed) *packet.Parsed {
 	e.Stats.FragmentsIn.Add(1)
@@ -111,10 +194,6 @@ func (e *Engine) fragment(p *packet.Parsed) *packet.Parsed {
 	switch res {
 	case frag.Complete:
 		e.Stats.Reassembled.Add(1)
-		if whole.Proto != packet.ProtoUDP || e.UDP == nil {
-			e.Stats.Drop(stats.DropUnsupported)
-			return nil
-		}
 		return whole
 	case frag.Pending, frag.Duplicate:
 	default:
@@ -132,18 +211,15 @@ func (e *Engine) reply(m int, buf []byte) {
 	if m == 0 {
 		return
 	}
-	if err := e.EP.WriteFrame(buf[:m]); err != nil {
-		e.Stats.Drop(stats.DropTapWrite)
-		return
+	if e.TapOut.WriteFrame(buf[:m]) {
+		e.Stats.L2Replies.Add(1)
 	}
-	e.Stats.L2Replies.Add(1)
-	e.Stats.TapTxFrames.Add(1)
 }
 
-// seeAddr learns the guest's address from a datagram's source, unless it
+// seeAddr learns the guest's address from a packet's source, unless it
 // is one the guest cannot have.
 func (e *Engine) seeAddr(a netip.Addr) {
-	if e.Rules == nil || e.Rules.GuestSource(a) {
+	if e.Rules.GuestSource(a) {
 		e.Guest.SeeAddr(a)
 	}
 }
@@ -153,6 +229,33 @@ func (e *Engine) Close() {
 	e.EP.Close()
 }
 
+// toProtocol queues p, a packet for a host socket, for its protocol, or
+// counts it as unsupported. Packets whose TTL runs out here are answered
+// instead (reassembled ones have arrived: ttl false).
+func (e *Engine) toProtocol(p *packet.Parsed, ttl bool) {
+	sv := e.byProto[p.Proto]
+	if sv == nil {
+		e.Stats.Drop(stats.DropUnsupported)
+		return
+	}
+	e.seeAddr(p.Src4)
+	if ttl && e.TapOut.TimeExceeded(p, e.Rules, e.Router4, e.Router6) {
+		return
+	}
+	sv.batch = append(sv.batch, p)
+}
+
+// isNDP reports whether an ICMPv6 packet is neighbour discovery (router
+// and neighbour solicitations and advertisements, redirects), which the
+// L2 responder answers.
+func isNDP(p *packet.Parsed) bool {
+	if len(p.L4) == 0 {
+		return false
+	}
+	t := p.L4[0]
+	return t >= 133 && t <= 137
+}
+
 func (e *Engine) readLoop() error {
 	bufs := make([][]byte, Batch)
 	for i := range bufs {
@@ -160,7 +263,9 @@ func (e *Engine) readLoop() error {
 	}
 	lens := make([]int, Batch)
 	parsed := make([]packet.Parsed, Batch)
-	udpPkts := make([]*packet.Parsed, 0, Batch)
+	for _, sv := range e.protos {
+		sv.batch = make([]*packet.Parsed, 0, Batch)
+	}
 	reply := make([]byte, 2048)
 	seg, _ := e.EP.(tap.Segmenter)
 	for {
@@ -169,7 +274,6 @@ func (e *Engine) readLoop() error {
 			return fmt.Errorf("reading from guest: %w", err)
 		}
 		e.Stats.TapRxFrames.Add(uint64(n))
-		udpPkts = udpPkts[:0]
 		for i := 0; i < n; i++ {
 			p := &parsed[i]
 			if d := packet.Parse(bufs[i][:lens[i]], p); d != packet.DropNone {
@@ -186,41 +290,30 @@ func (e *Engine) readLoop() error {
 			}
 			if p.Fragment {
 				if whole := e.fragment(p); whole != nil {
-					e.seeAddr(whole.Src4)
-					udpPkts = append(udpPkts, whole)
+					e.toProtocol(whole, false)
 				}
 				continue
 			}
 			switch {
 			case p.EtherType == packet.EtherTypeARP:
-				if !e.IPv4 {
-					continue
+				if e.IPv4 {
+					e.reply(e.L2.Handle(p, reply), reply)
 				}
 			case p.EtherType == packet.EtherTypeIPv4 && !e.IPv4, p.EtherType == packet.EtherTypeIPv6 && !e.IPv6:
 				e.Stats.Drop(stats.DropUnsupported)
-				continue
 			case p.Proto == packet.ProtoUDP && e.DHCP != nil && dhcp.IsRequest(p):
 				e.reply(e.DHCP.Handle(p, reply), reply)
-				continue
-			case p.Proto == packet.ProtoUDP:
-				if e.UDP == nil {
-					e.Stats.Drop(stats.DropUnsupported)
-					continue
-				}
-				e.seeAddr(p.Src4)
-				if e.UDP.Expired(p) {
-					continue
-				}
-				udpPkts = append(udpPkts, p)
-				continue
-			case p.Proto != packet.ProtoICMPv6:
-				e.Stats.Drop(stats.DropUnsupported)
-				continue
+			case p.Proto == packet.ProtoICMPv6 && isNDP(p):
+				e.reply(e.L2.Handle(p, reply), reply)
+			default:
+				e.toProtocol(p, true)
 			}
-			e.reply(e.L2.Handle(p, reply), reply)
 		}
-		if len(udpPkts) > 0 {
-			e.UDP.HandleTap(udpPkts)
+		for _, sv := range e.protos {
+			if len(sv.batch) > 0 {
+				sv.h.HandleTap(sv.batch)
+				sv.batch = sv.batch[:0]
+			}
 		}
 		e.Frag.Release()
 	}

@@ -1,4 +1,4 @@
-package engine
+package engine_test
 
 import (
 	"bytes"
@@ -21,15 +21,16 @@ import (
 
 	"github.com/gopasst/gopasst/internal/conf"
 	"github.com/gopasst/gopasst/internal/dhcp"
+	"github.com/gopasst/gopasst/internal/engine"
 	"github.com/gopasst/gopasst/internal/flow"
 	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/netcfg"
 	"github.com/gopasst/gopasst/internal/netns"
 	"github.com/gopasst/gopasst/internal/packet"
+	"github.com/gopasst/gopasst/internal/protocols"
 	"github.com/gopasst/gopasst/internal/stats"
 	"github.com/gopasst/gopasst/internal/tap"
-	"github.com/gopasst/gopasst/internal/udp"
 	"github.com/gopasst/gopasst/internal/wirecheck"
 )
 
@@ -249,7 +250,7 @@ func decodeInput(data []byte) (flags byte, batches [][][]byte) {
 			data = data[n:]
 			frames++
 		}
-		if n == 0 || len(cur) == Batch {
+		if n == 0 || len(cur) == engine.Batch {
 			if len(cur) > 0 {
 				batches = append(batches, cur)
 			}
@@ -294,7 +295,7 @@ func (h *harness) exec(flags byte, batches [][][]byte, check func() error) resul
 	n := &netcfg.Net{MTU: fuzzMTU, Addr4: guest4, Gateway4: gw4, Addr6: guest6, Gateway6: gw6, IPv4: true, IPv6: true,
 		OurMAC: ourMAC, DNS4: []netip.Addr{gw4}, DNS6: []netip.Addr{gw6}, Search: []string{"example.com"},
 		MapHostLoopback4: gw4, MapHostLoopback6: gw6,
-		Forwards: []udp.Forward{{Addr: lo4, Port: fwdPort, ToPort: fwdPort}, {Addr: lo6, Port: fwdPort, ToPort: fwdPort}},
+		Forwards: []fwd.Forward{{Proto: fwd.UDP, Addr: lo4, Port: fwdPort, ToPort: fwdPort}, {Proto: fwd.UDP, Addr: lo6, Port: fwdPort, ToPort: fwdPort}},
 		Timeout:  30 * time.Second, StreamTimeout: 120 * time.Second}
 	ep := &fuzzTap{x: x, st: st, flags: flags, check: check, guestAddrs: map[netip.Addr]bool{guest4.Addr(): true, guest6.Addr(): true}}
 	for _, b := range batches {
@@ -305,7 +306,7 @@ func (h *harness) exec(flags byte, batches [][][]byte, check func() error) resul
 		}
 	}
 	ep.learn(batches)
-	e, err := Build(ep, n, cfg, st, nil)
+	e, err := engine.Build(ep, n, cfg, st, nil, protocols.All)
 	if err != nil {
 		return result{skip: fmt.Sprintf("Build: %v", err)} // the forwarded port is taken on the host's loopback
 	}
@@ -643,7 +644,7 @@ func (ep *fuzzTap) wait(d time.Duration) {
 // settle lets the last batch's datagrams reach the test's sockets and
 // their echoes reach the guest, within limits.
 func (ep *fuzzTap) settle() {
-	if ep.st.UDPToHost.Load() == 0 {
+	if ep.st.UDP.ToHost.Load() == 0 {
 		return
 	}
 	for range 3 {
@@ -750,9 +751,9 @@ func (ep *fuzzTap) finish() string {
 	}
 	// Each frame read gets one reply at most, each datagram sent one
 	// ICMP error at most, and echoes and probes their own frames.
-	if bound := ep.framesIn + int(ep.st.UDPToHost.Load()) + ep.echoFrames; ep.out > bound {
+	if bound := ep.framesIn + int(ep.st.UDP.ToHost.Load()) + ep.echoFrames; ep.out > bound {
 		return fmt.Sprintf("%d frames written to the guest, more than %d (%d read, %d datagrams sent, %d frames of echoes)",
-			ep.out, bound, ep.framesIn, ep.st.UDPToHost.Load(), ep.echoFrames)
+			ep.out, bound, ep.framesIn, ep.st.UDP.ToHost.Load(), ep.echoFrames)
 	}
 	if ep.sinkRecv > ep.framesIn {
 		return fmt.Sprintf("the test's sockets got %d datagrams from %d frames", ep.sinkRecv, ep.framesIn)

@@ -1,5 +1,6 @@
-// Package flow is the flow table: every datagram that gopasst forwards
-// belongs to a flow, a pair of flowsides joined by a translation.
+// Package flow is the flow table: every datagram, echo request or
+// connection that gopasst forwards belongs to a flow, a pair of flowsides
+// joined by a translation. One table holds the flows of every protocol.
 //
 // # Theory of operation
 //
@@ -8,11 +9,22 @@
 // address (FAddr, FPort) is ours as that peer sees it. Side Ini is the side
 // whose packet created the flow, side Tgt the side it was forwarded to.
 //
+// Every flow has a [Type] (UDP, ICMP echo, TCP, TCP splice): the protocol
+// that owns it. The table knows no protocol; it keeps what every type
+// shares (the two sides, their pifs and sockets, the time of the last
+// traffic) and the protocol keeps what is its own, by flow index, beside
+// it. A flow is born in steps, as in the reference: allocated (StateNew),
+// initiating side known ([Flow.SetIni]), target side known
+// ([Flow.SetTgt]), active ([Table.Activate]); only an active flow is in
+// the hash, so a lookup never finds a half-made flow, and a flow that
+// fails on its way is freed without ever being seen.
+//
 // Flows live in chunks of a growing array, so a *Flow stays valid for as long
 // as the flow does, and are named by a [Ref]: an index plus the side a packet
 // came from. Sides that receive packets on shared sockets (a listening
 // socket, or the tap) are entered in a hash map keyed by the pif and the
-// four address and port fields; a packet on such a socket is looked up there
+// four address and port fields, and the flow's type, so that flows of
+// two protocols with the same addresses and ports never meet; a packet on such a socket is looked up there
 // in O(1). Sides behind a socket of their own (a connected reply socket)
 // need no entry: the socket already names the flow.
 //
@@ -20,13 +32,50 @@
 // event that still names an old flow (a stale epoll event) can be told apart
 // from the flow that now occupies the slot.
 //
-// The table does no locking: its owner serialises access.
+// The protocols share the table from the tap reader and the host event
+// loop: whoever touches it holds [Table.Mu].
 package flow
 
 import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
+)
+
+// Type says which protocol owns a flow.
+type Type uint8
+
+// Flow types.
+const (
+	TypeNone      Type = iota // free slot
+	TypeUDP                   // UDP datagrams
+	TypeICMP                  // ICMP or ICMPv6 echo (ping)
+	TypeTCP                   // a TCP connection through the tap
+	TypeTCPSplice             // a TCP connection socket to socket (pasta)
+	NumTypes                  // number of types
+)
+
+var typeNames = [NumTypes]string{"none", "UDP", "ICMP", "TCP", "TCP splice"}
+
+// String names the type for logs.
+func (t Type) String() string {
+	if t < NumTypes {
+		return typeNames[t]
+	}
+	return "unknown"
+}
+
+// State is a flow's step in its life.
+type State uint8
+
+// Flow states, in the order a flow goes through them.
+const (
+	StateFree   State = iota // not in use
+	StateNew                 // allocated, nothing known
+	StateIni                 // initiating side known
+	StateTgt                 // target side known
+	StateActive              // in the hash, carrying traffic
 )
 
 // PIF says where the packets of a flowside live.
@@ -88,19 +137,21 @@ func (r Ref) Valid() bool { return r.Index >= 0 }
 // Opposite is the other side of the same flow.
 func (r Ref) Opposite() Ref { return Ref{Index: r.Index, Side: r.Side ^ 1} }
 
-// Flow is one UDP flow: two sides, the sockets that carry them and the time
-// of their last traffic.
+// Flow is what every type of flow has: two sides, the sockets that carry
+// them and the time of their last traffic.
 type Flow struct {
-	PIF  [2]PIF
-	Side [2]Side
+	Type  Type
+	State State
+	PIF   [2]PIF
+	Side  [2]Side
 	// Sock holds, per side, the socket that sends to (and for reply sockets
-	// receives from) that side's endpoint, or -1.
+	// and connections receives from) that side's endpoint, or -1.
 	Sock [2]int
 	// Connected is set for sides whose socket is connected to the endpoint.
 	Connected [2]bool
-	// Seen is set once a datagram came from that side's endpoint.
+	// Seen is set once traffic came from that side's endpoint.
 	Seen [2]bool
-	// LastSeen is the time of the last datagram, in monotonic nanoseconds.
+	// LastSeen is the time of the last traffic, in monotonic nanoseconds.
 	LastSeen int64
 	// Gen changes every time the slot is reused.
 	Gen   uint32
@@ -112,20 +163,32 @@ func (f *Flow) InUse() bool { return f.inUse }
 
 // String describes the flow for logs.
 func (f *Flow) String() string {
-	return fmt.Sprintf("%s [%s] => %s [%s]", f.PIF[Ini], f.Side[Ini], f.PIF[Tgt], f.Side[Tgt])
+	return fmt.Sprintf("%s %s [%s] => %s [%s]", f.Type, f.PIF[Ini], f.Side[Ini], f.PIF[Tgt], f.Side[Tgt])
 }
 
-// Key is what a flowside is looked up by.
+// SetIni records the flow's type and initiating side.
+func (f *Flow) SetIni(t Type, pif PIF, s Side) {
+	f.Type, f.PIF[Ini], f.Side[Ini], f.State = t, pif, s, StateIni
+}
+
+// SetTgt records the flow's target side.
+func (f *Flow) SetTgt(pif PIF, s Side) {
+	f.PIF[Tgt], f.Side[Tgt], f.State = pif, s, StateTgt
+}
+
+// Key is what a flowside is looked up by. For ICMP echo flows the ports
+// are the echo identifiers.
 type Key struct {
 	EAddr, FAddr netip.Addr
 	EPort, FPort uint16
 	PIF          PIF
+	Type         Type
 }
 
 // KeyOf is the hash key of a side of f.
 func KeyOf(f *Flow, side uint8) Key {
 	s := &f.Side[side]
-	return Key{PIF: f.PIF[side], EAddr: s.EAddr, FAddr: s.FAddr, EPort: s.EPort, FPort: s.FPort}
+	return Key{Type: f.Type, PIF: f.PIF[side], EAddr: s.EAddr, FAddr: s.FAddr, EPort: s.EPort, FPort: s.FPort}
 }
 
 // ErrFull is returned by Alloc when the table holds its maximum of flows.
@@ -135,6 +198,8 @@ const chunkSize = 1024
 
 // Table holds flows and the hash of their looked-up sides.
 type Table struct {
+	// Mu serialises every use of the table and its flows.
+	Mu     sync.Mutex
 	chunks [][]Flow
 	free   []int32
 	next   int32
@@ -159,7 +224,8 @@ func (t *Table) At(i int32) *Flow {
 	return &t.chunks[i/chunkSize][i%chunkSize]
 }
 
-// Alloc takes a free slot, marks it in use with no sockets and returns it.
+// Alloc takes a free slot, marks it in use (StateNew) with no sockets and
+// returns it. The flow counts towards the table's maximum from here on.
 func (t *Table) Alloc() (int32, *Flow, error) {
 	var i int32
 	switch {
@@ -177,7 +243,7 @@ func (t *Table) Alloc() (int32, *Flow, error) {
 	}
 	f := t.At(i)
 	gen := f.Gen + 1
-	*f = Flow{Gen: gen, inUse: true, Sock: [2]int{-1, -1}}
+	*f = Flow{Gen: gen, inUse: true, State: StateNew, Sock: [2]int{-1, -1}}
 	t.active++
 	return i, f, nil
 }
@@ -196,19 +262,30 @@ func (t *Table) Free(i int32) {
 		}
 	}
 	f.inUse = false
+	f.State, f.Type = StateFree, TypeNone
 	f.Sock = [2]int{-1, -1}
 	t.active--
 	t.free = append(t.free, i)
 }
 
-// Insert enters side r of its flow in the hash. It fails if another flow
-// owns the same key.
-func (t *Table) Insert(r Ref) error {
-	k := KeyOf(t.At(r.Index), r.Side)
-	if old, ok := t.hash[k]; ok && old != r {
-		return fmt.Errorf("flow side already exists: %v", old)
+// Activate makes flow i, whose sides are known (StateTgt), active, and
+// enters the given sides in the hash: those whose packets arrive on
+// shared sockets. It fails, entering none, if another flow owns one of
+// their keys; the caller then frees the flow.
+func (t *Table) Activate(i int32, sides ...uint8) error {
+	f := t.At(i)
+	if f.State != StateTgt {
+		return fmt.Errorf("flow %d: activated in state %d", i, f.State)
 	}
-	t.hash[k] = r
+	for _, side := range sides {
+		if old, ok := t.hash[KeyOf(f, side)]; ok && old.Index != i {
+			return fmt.Errorf("flow side already exists: %v", old)
+		}
+	}
+	for _, side := range sides {
+		t.hash[KeyOf(f, side)] = Ref{Index: i, Side: side}
+	}
+	f.State = StateActive
 	return nil
 }
 
@@ -218,10 +295,19 @@ func (t *Table) Lookup(k Key) (Ref, bool) {
 	return r, ok
 }
 
-// Each calls fn for every live flow.
+// Each calls fn for every live flow (of any state).
 func (t *Table) Each(fn func(i int32, f *Flow)) {
 	for i := int32(0); i < t.next; i++ {
 		if f := t.At(i); f.inUse {
+			fn(i, f)
+		}
+	}
+}
+
+// EachOf calls fn for every active flow of type typ.
+func (t *Table) EachOf(typ Type, fn func(i int32, f *Flow)) {
+	for i := int32(0); i < t.next; i++ {
+		if f := t.At(i); f.inUse && f.Type == typ && f.State == StateActive {
 			fn(i, f)
 		}
 	}

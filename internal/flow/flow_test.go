@@ -5,25 +5,37 @@ import (
 	"testing"
 )
 
+var (
+	guest4 = netip.MustParseAddr("192.0.2.2")
+	gw4    = netip.MustParseAddr("192.0.2.1")
+	host4  = netip.MustParseAddr("198.51.100.1")
+)
+
+// newFlow allocates and activates a flow of type typ from the guest.
+func newFlow(t *testing.T, tab *Table, typ Type, ini Side) int32 {
+	t.Helper()
+	n, f, err := tab.Alloc()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.SetIni(typ, PIFTap, ini)
+	f.SetTgt(PIFHost, Side{EAddr: host4, EPort: ini.FPort})
+	if err := tab.Activate(n, Ini); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 func TestTableLifecycle(t *testing.T) {
 	tab := NewTable(3)
 	var idx []int32
 	for i := 0; i < 3; i++ {
-		n, f, err := tab.Alloc()
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.PIF = [2]PIF{PIFTap, PIFHost}
-		f.Side[Ini] = Side{EAddr: netip.MustParseAddr("192.0.2.2"), EPort: uint16(1000 + i), FAddr: netip.MustParseAddr("192.0.2.1"), FPort: 53}
-		if err := tab.Insert(Ref{n, Ini}); err != nil {
-			t.Fatal(err)
-		}
-		idx = append(idx, n)
+		idx = append(idx, newFlow(t, tab, TypeUDP, Side{EAddr: guest4, EPort: uint16(1000 + i), FAddr: gw4, FPort: 53}))
 	}
 	if _, _, err := tab.Alloc(); err != ErrFull {
 		t.Fatalf("want ErrFull, got %v", err)
 	}
-	k := Key{PIF: PIFTap, EAddr: netip.MustParseAddr("192.0.2.2"), EPort: 1001, FAddr: netip.MustParseAddr("192.0.2.1"), FPort: 53}
+	k := Key{Type: TypeUDP, PIF: PIFTap, EAddr: guest4, EPort: 1001, FAddr: gw4, FPort: 53}
 	r, ok := tab.Lookup(k)
 	if !ok || r != (Ref{idx[1], Ini}) {
 		t.Fatalf("lookup: %v %v", r, ok)
@@ -34,7 +46,7 @@ func TestTableLifecycle(t *testing.T) {
 		t.Fatal("freed flow still hashed")
 	}
 	n, f, err := tab.Alloc()
-	if err != nil || n != idx[1] || f.Gen == gen || f.Sock != [2]int{-1, -1} {
+	if err != nil || n != idx[1] || f.Gen == gen || f.Sock != [2]int{-1, -1} || f.State != StateNew {
 		t.Fatalf("reuse: %d %v %+v", n, err, f)
 	}
 	if tab.Len() != 3 {
@@ -45,20 +57,54 @@ func TestTableLifecycle(t *testing.T) {
 	if count != 3 {
 		t.Fatalf("Each saw %d", count)
 	}
+	count = 0
+	tab.EachOf(TypeUDP, func(int32, *Flow) { count++ })
+	if count != 2 {
+		t.Fatalf("EachOf saw %d active UDP flows, want 2 (one is new)", count)
+	}
 }
 
-func TestInsertConflict(t *testing.T) {
+// TestHalfMadeInvisible checks that a flow is not found before it is
+// active, and that the type is part of the key.
+func TestHalfMadeInvisible(t *testing.T) {
 	tab := NewTable(10)
-	a, fa, _ := tab.Alloc()
-	b, fb, _ := tab.Alloc()
-	s := Side{EAddr: netip.MustParseAddr("2001:db8::2"), EPort: 1, FAddr: netip.MustParseAddr("2001:db8::1"), FPort: 2}
-	fa.Side[Ini], fb.Side[Ini] = s, s
-	fa.PIF[Ini], fb.PIF[Ini] = PIFTap, PIFTap
-	if err := tab.Insert(Ref{a, Ini}); err != nil {
+	ini := Side{EAddr: guest4, EPort: 7, FAddr: gw4, FPort: 7}
+	n, f, _ := tab.Alloc()
+	f.SetIni(TypeICMP, PIFTap, ini)
+	k := Key{Type: TypeICMP, PIF: PIFTap, EAddr: guest4, EPort: 7, FAddr: gw4, FPort: 7}
+	if err := tab.Activate(n, Ini); err == nil {
+		t.Fatal("activated without a target side")
+	}
+	if _, ok := tab.Lookup(k); ok {
+		t.Fatal("half-made flow found")
+	}
+	f.SetTgt(PIFHost, Side{EAddr: host4})
+	if err := tab.Activate(n, Ini); err != nil {
 		t.Fatal(err)
 	}
-	if err := tab.Insert(Ref{b, Ini}); err == nil {
+	if _, ok := tab.Lookup(k); !ok {
+		t.Fatal("active flow not found")
+	}
+	// A UDP flow with the same addresses and ports is another flow.
+	u := newFlow(t, tab, TypeUDP, ini)
+	k.Type = TypeUDP
+	if r, ok := tab.Lookup(k); !ok || r.Index != u {
+		t.Fatalf("UDP lookup %v %v, want flow %d", r, ok, u)
+	}
+}
+
+func TestActivateConflict(t *testing.T) {
+	tab := NewTable(10)
+	s := Side{EAddr: netip.MustParseAddr("2001:db8::2"), EPort: 1, FAddr: netip.MustParseAddr("2001:db8::1"), FPort: 2}
+	newFlow(t, tab, TypeUDP, s)
+	b, fb, _ := tab.Alloc()
+	fb.SetIni(TypeUDP, PIFTap, s)
+	fb.SetTgt(PIFHost, Side{})
+	if err := tab.Activate(b, Ini); err == nil {
 		t.Fatal("duplicate key accepted")
+	}
+	if fb.State == StateActive {
+		t.Fatal("refused flow became active")
 	}
 }
 

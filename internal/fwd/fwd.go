@@ -102,10 +102,24 @@ const (
 // --no-map-gw keeps it out, and a datagram to or from a loopback address is
 // refused (its replies would reach the guest from a loopback address).
 func (r *Rules) FromTap(ini flow.Side) (flow.Side, Verdict) {
-	if !r.GuestSource(ini.EAddr) || ini.EPort == 0 {
+	if ini.EPort == 0 {
 		return flow.Side{}, BadSource
 	}
-	if !unicast(ini.FAddr) || ini.FAddr.IsLoopback() || ini.FPort == 0 {
+	if ini.FPort == 0 {
+		return flow.Side{}, BadDest
+	}
+	return r.FromTapEcho(ini)
+}
+
+// FromTapEcho is FromTap for protocols whose "ports" are identifiers that
+// may take any value (ICMP echo): only the addresses are vetted and
+// translated, and DNS redirection, which is for port 53, does not apply
+// unless FPort is 53.
+func (r *Rules) FromTapEcho(ini flow.Side) (flow.Side, Verdict) {
+	if !r.GuestSource(ini.EAddr) {
+		return flow.Side{}, BadSource
+	}
+	if !unicast(ini.FAddr) || ini.FAddr.IsLoopback() {
 		return flow.Side{}, BadDest
 	}
 	if !r.familyOn(ini.FAddr) {

@@ -29,10 +29,10 @@ import (
 	"time"
 
 	"github.com/gopasst/gopasst/internal/conf"
+	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/netns"
 	"github.com/gopasst/gopasst/internal/packet"
-	"github.com/gopasst/gopasst/internal/udp"
 )
 
 // DefaultMAC is the MAC address gopasst uses towards the guest, as the
@@ -68,9 +68,10 @@ type Net struct {
 	// advertised as), DNSHost4 and DNSHost6 where they go.
 	DNSMatch4, DNSMatch6 netip.Addr
 	DNSHost4, DNSHost6   netip.Addr
-	// Forwards are the -u listening sockets, NSForwards the -U ones (in
+	// Forwards are the -u (and, once served, -t) listening sockets,
+	// NSForwards the -U (-T) ones (in
 	// the namespace, on its loopback).
-	Forwards, NSForwards []udp.Forward
+	Forwards, NSForwards []fwd.Forward
 	// Timeout and StreamTimeout expire UDP flows.
 	Timeout, StreamTimeout time.Duration
 }
@@ -118,8 +119,8 @@ func Derive(cfg *conf.Config) (*Net, error) {
 	if cfg.UDPTimeout > 0 {
 		n.Timeout, n.StreamTimeout = cfg.UDPTimeout, cfg.UDPTimeout
 	}
-	n.Forwards = ExpandForwards(cfg.UDPFwd, n.IPv4, n.IPv6)
-	n.NSForwards = ExpandNSForwards(cfg.UDPNSFwd, n.IPv4, n.IPv6)
+	n.Forwards = ExpandForwards(fwd.UDP, cfg.UDPFwd, n.IPv4, n.IPv6)
+	n.NSForwards = ExpandNSForwards(fwd.UDP, cfg.UDPNSFwd, n.IPv4, n.IPv6)
 	n.mappings(cfg)
 	n.dns(cfg)
 	return n, nil
@@ -239,27 +240,29 @@ func ReadResolvConf(r io.Reader) (servers []netip.Addr, search []string) {
 	return servers, search
 }
 
-// ExpandForwards turns the fixed -u rules into one listening socket per
-// port and address family ("auto" ones are opened as ports get bound).
-func ExpandForwards(f conf.Forward, v4, v6 bool) []udp.Forward {
-	return expand(f, v4, v6, false)
+// ExpandForwards turns the fixed rules of protocol proto's host side
+// (-u, -t) into one listening socket per port and address family ("auto"
+// ones are opened as ports get bound).
+func ExpandForwards(proto fwd.Proto, f conf.Forward, v4, v6 bool) []fwd.Forward {
+	return expand(proto, f, v4, v6, false)
 }
 
-// ExpandNSForwards turns the fixed -U rules into listening sockets on the
-// namespace's loopback, one per port and address family.
-func ExpandNSForwards(f conf.Forward, v4, v6 bool) []udp.Forward {
-	return expand(f, v4, v6, true)
+// ExpandNSForwards turns the fixed rules of the namespace side (-U, -T)
+// into listening sockets on the namespace's loopback, one per port and
+// address family.
+func ExpandNSForwards(proto fwd.Proto, f conf.Forward, v4, v6 bool) []fwd.Forward {
+	return expand(proto, f, v4, v6, true)
 }
 
-func expand(f conf.Forward, v4, v6, splice bool) []udp.Forward {
+func expand(proto fwd.Proto, f conf.Forward, v4, v6, splice bool) []fwd.Forward {
 	if f.Mode != conf.FwdSpec && f.Mode != conf.FwdAuto {
 		return nil
 	}
-	var out []udp.Forward
+	var out []fwd.Forward
 	for _, r := range f.Rules {
 		for p := uint32(r.First); p <= uint32(r.Last); p++ {
 			to := uint16(uint32(r.ToFirst) + p - uint32(r.First))
-			out = append(out, Listeners(r.Addr, r.Ifname, uint16(p), to, v4, v6, splice)...)
+			out = append(out, Listeners(proto, r.Addr, r.Ifname, uint16(p), to, v4, v6, splice)...)
 		}
 	}
 	return out
@@ -269,10 +272,10 @@ func expand(f conf.Forward, v4, v6, splice bool) []udp.Forward {
 // one on addr if it is a specific address, otherwise one per enabled
 // family on the wildcard address, or, for the namespace side of the
 // splice path, on its loopback.
-func Listeners(addr netip.Addr, ifname string, port, to uint16, v4, v6, splice bool) []udp.Forward {
+func Listeners(proto fwd.Proto, addr netip.Addr, ifname string, port, to uint16, v4, v6, splice bool) []fwd.Forward {
 	if addr.IsValid() && !addr.IsUnspecified() && !splice {
 		if a := addr.Unmap(); a.Is4() && v4 || a.Is6() && v6 {
-			return []udp.Forward{{Addr: a, Ifname: ifname, Port: port, ToPort: to}}
+			return []fwd.Forward{{Proto: proto, Addr: a, Ifname: ifname, Port: port, ToPort: to}}
 		}
 		return nil
 	}
@@ -280,12 +283,12 @@ func Listeners(addr netip.Addr, ifname string, port, to uint16, v4, v6, splice b
 	if splice {
 		any4, any6, ifname = netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback(), ""
 	}
-	var out []udp.Forward
+	var out []fwd.Forward
 	if v4 {
-		out = append(out, udp.Forward{Addr: any4, Ifname: ifname, Port: port, ToPort: to, Splice: splice})
+		out = append(out, fwd.Forward{Proto: proto, Addr: any4, Ifname: ifname, Port: port, ToPort: to, Splice: splice})
 	}
 	if v6 {
-		out = append(out, udp.Forward{Addr: any6, Ifname: ifname, Port: port, ToPort: to, Splice: splice})
+		out = append(out, fwd.Forward{Proto: proto, Addr: any6, Ifname: ifname, Port: port, ToPort: to, Splice: splice})
 	}
 	return out
 }

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/gopasst/gopasst/internal/conf"
-	"github.com/gopasst/gopasst/internal/udp"
+	"github.com/gopasst/gopasst/internal/fwd"
 )
 
 func TestReadResolvConf(t *testing.T) {
@@ -66,17 +66,18 @@ func TestExpandForwards(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := ExpandForwards(cfg.UDPFwd, true, true)
+	got := ExpandForwards(fwd.UDP, cfg.UDPFwd, true, true)
 	any4, any6, lo := netip.IPv4Unspecified(), netip.IPv6Unspecified(), netip.MustParseAddr("127.0.0.1")
-	want := []udp.Forward{
-		{Addr: any4, Port: 5000, ToPort: 6000}, {Addr: any6, Port: 5000, ToPort: 6000},
-		{Addr: any4, Port: 5001, ToPort: 6001}, {Addr: any6, Port: 5001, ToPort: 6001},
-		{Addr: lo, Port: 7000, ToPort: 7000},
+	u := fwd.UDP
+	want := []fwd.Forward{
+		{Proto: u, Addr: any4, Port: 5000, ToPort: 6000}, {Proto: u, Addr: any6, Port: 5000, ToPort: 6000},
+		{Proto: u, Addr: any4, Port: 5001, ToPort: 6001}, {Proto: u, Addr: any6, Port: 5001, ToPort: 6001},
+		{Proto: u, Addr: lo, Port: 7000, ToPort: 7000},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v\nwant %+v", got, want)
 	}
-	if got := ExpandForwards(cfg.UDPFwd, true, false); len(got) != 3 {
+	if got := ExpandForwards(fwd.UDP, cfg.UDPFwd, true, false); len(got) != 3 {
 		t.Fatalf("IPv4 only: %+v", got)
 	}
 }

@@ -47,16 +47,7 @@ func QuoteUDP(b []byte, src, dst netip.AddrPort, payload []byte) []byte {
 func PutICMP4Error(b []byte, src, dst netip.Addr, typ, code uint8, rest uint32, quoted []byte) int {
 	q := min(len(quoted), MaxICMP4Error-IPv4Len-ICMPLen)
 	total := IPv4Len + ICMPLen + q
-	h := b[EthLen : EthLen+IPv4Len]
-	h[0], h[1] = 0x45, 0
-	binary.BigEndian.PutUint16(h[2:4], uint16(total))
-	binary.BigEndian.PutUint32(h[4:8], 0)
-	h[8], h[9] = 64, ProtoICMP
-	h[10], h[11] = 0, 0
-	s4, d4 := src.As4(), dst.As4()
-	copy(h[12:16], s4[:])
-	copy(h[16:20], d4[:])
-	binary.BigEndian.PutUint16(h[10:12], Fold(Sum(h, 0)))
+	PutIPv4(b[EthLen:], src, dst, ProtoICMP, 64, total, false)
 	m := b[EthLen+IPv4Len : EthLen+total]
 	m[0], m[1], m[2], m[3] = typ, code, 0, 0
 	binary.BigEndian.PutUint32(m[4:8], rest)
@@ -70,13 +61,8 @@ func PutICMP4Error(b []byte, src, dst netip.Addr, typ, code uint8, rest uint32, 
 func PutICMP6Error(b []byte, src, dst netip.Addr, typ, code uint8, rest uint32, quoted []byte) int {
 	q := min(len(quoted), MaxICMP6Error-IPv6Len-ICMPLen)
 	plen := ICMPLen + q
-	h := b[EthLen : EthLen+IPv6Len]
-	binary.BigEndian.PutUint32(h[0:4], 6<<28)
-	binary.BigEndian.PutUint16(h[4:6], uint16(plen))
-	h[6], h[7] = ProtoICMPv6, 64
+	PutIPv6(b[EthLen:], src, dst, ProtoICMPv6, 64, plen)
 	s16, d16 := src.As16(), dst.As16()
-	copy(h[8:24], s16[:])
-	copy(h[24:40], d16[:])
 	m := b[EthLen+IPv6Len : EthLen+IPv6Len+plen]
 	m[0], m[1], m[2], m[3] = typ, code, 0, 0
 	binary.BigEndian.PutUint32(m[4:8], rest)

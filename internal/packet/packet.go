@@ -283,22 +283,41 @@ func PutUDP4Partial(b []byte, src, dst netip.Addr, sport, dport uint16, plen int
 	return putUDP4(b, src, dst, sport, dport, plen, true)
 }
 
-func putUDP4(b []byte, src, dst netip.Addr, sport, dport uint16, plen int, partial bool) int {
-	total := IPv4Len + UDPLen + plen
-	h := b[:IPv4Len]
-	h[0] = 0x45
-	h[1] = 0
+// PutIPv4 writes an IPv4 header without options into h[:IPv4Len] for a
+// packet of total bytes carrying protocol proto, with TTL ttl, the
+// don't-fragment flag if df, and its checksum.
+func PutIPv4(h []byte, src, dst netip.Addr, proto, ttl uint8, total int, df bool) {
+	h[0], h[1] = 0x45, 0
 	binary.BigEndian.PutUint16(h[2:4], uint16(total))
-	binary.BigEndian.PutUint16(h[4:6], 0)      // identification
-	binary.BigEndian.PutUint16(h[6:8], 0x4000) // DF
-	h[8] = 255
-	h[9] = ProtoUDP
+	binary.BigEndian.PutUint16(h[4:6], 0) // identification
+	flags := uint16(0)
+	if df {
+		flags = 0x4000
+	}
+	binary.BigEndian.PutUint16(h[6:8], flags)
+	h[8], h[9] = ttl, proto
 	h[10], h[11] = 0, 0
 	s4, d4 := src.As4(), dst.As4()
 	copy(h[12:16], s4[:])
 	copy(h[16:20], d4[:])
-	binary.BigEndian.PutUint16(h[10:12], Fold(Sum(h, 0)))
+	binary.BigEndian.PutUint16(h[10:12], Fold(Sum(h[:IPv4Len], 0)))
+}
 
+// PutIPv6 writes an IPv6 header into h[:IPv6Len] for plen payload bytes
+// of next header next, with hop limit hop.
+func PutIPv6(h []byte, src, dst netip.Addr, next, hop uint8, plen int) {
+	binary.BigEndian.PutUint32(h[0:4], 6<<28)
+	binary.BigEndian.PutUint16(h[4:6], uint16(plen))
+	h[6], h[7] = next, hop
+	s16, d16 := src.As16(), dst.As16()
+	copy(h[8:24], s16[:])
+	copy(h[24:40], d16[:])
+}
+
+func putUDP4(b []byte, src, dst netip.Addr, sport, dport uint16, plen int, partial bool) int {
+	total := IPv4Len + UDPLen + plen
+	PutIPv4(b, src, dst, ProtoUDP, 255, total, true)
+	s4, d4 := src.As4(), dst.As4()
 	ulen := UDPLen + plen
 	sum := PseudoSum4(s4, d4, ProtoUDP, ulen)
 	if partial {
@@ -328,15 +347,8 @@ func PutUDP6Partial(b []byte, src, dst netip.Addr, sport, dport uint16, plen int
 
 func putUDP6(b []byte, src, dst netip.Addr, sport, dport uint16, plen int, partial bool) int {
 	ulen := UDPLen + plen
-	h := b[:IPv6Len]
-	binary.BigEndian.PutUint32(h[0:4], 6<<28)
-	binary.BigEndian.PutUint16(h[4:6], uint16(ulen))
-	h[6] = ProtoUDP
-	h[7] = 255
+	PutIPv6(b, src, dst, ProtoUDP, 255, ulen)
 	s16, d16 := src.As16(), dst.As16()
-	copy(h[8:24], s16[:])
-	copy(h[24:40], d16[:])
-
 	sum := PseudoSum6(s16, d16, ProtoUDP, ulen)
 	if partial {
 		u := b[IPv6Len : IPv6Len+UDPLen]

@@ -40,8 +40,9 @@ import (
 	"github.com/gopasst/gopasst/internal/tap"
 )
 
-// Run runs passt mode with cfg and returns the process exit status.
-func Run(cfg *conf.Config) int {
+// Run runs passt mode with cfg, serving protos, and returns the process
+// exit status.
+func Run(cfg *conf.Config, protos []engine.Protocol) int {
 	sb, err := sandbox.New(sandbox.Config{Mode: sandbox.Passt, RunAs: cfg.RunAs, Disabled: cfg.NoSandbox})
 	if err != nil {
 		log.Errorf("%v", err)
@@ -50,14 +51,14 @@ func Run(cfg *conf.Config) int {
 	if !cfg.Foreground && !daemon.InBackground() {
 		return daemon.Background()
 	}
-	if err := run(cfg, sb); err != nil {
+	if err := run(cfg, sb, protos); err != nil {
 		log.Errorf("%v", err)
 		return 1
 	}
 	return 0
 }
 
-func run(cfg *conf.Config, sb *sandbox.Sandbox) error {
+func run(cfg *conf.Config, sb *sandbox.Sandbox, protos []engine.Protocol) error {
 	defer sb.Close()
 	daemon.RaiseNofile()
 	n, err := netcfg.Derive(cfg)
@@ -86,7 +87,7 @@ func run(cfg *conf.Config, sb *sandbox.Sandbox) error {
 		return err
 	}
 	defer closeCapture()
-	eng, err = engine.Build(ep, n, cfg, st, nil)
+	eng, err = engine.Build(ep, n, cfg, st, nil, protos)
 	if err != nil {
 		return err
 	}

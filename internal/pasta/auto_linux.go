@@ -5,10 +5,10 @@ import (
 
 	"github.com/gopasst/gopasst/internal/autoscan"
 	"github.com/gopasst/gopasst/internal/conf"
+	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/netcfg"
 	"github.com/gopasst/gopasst/internal/netns"
-	"github.com/gopasst/gopasst/internal/udp"
 )
 
 // autoInterval is how often the namespace's bound ports are read, as the
@@ -25,11 +25,19 @@ const autoInterval = time.Second
 // What it reads is opened by newAutoForwarder, before the sandbox: a
 // sock_diag socket, or, where the kernel has no UDP sock_diag, the procfs
 // socket tables. gopasst's own sockets are those the UDP engine reports
-// (udp.Engine.OwnInodes).
+// (engine.Engine.OwnInodes).
 type autoForwarder struct {
+	proto  fwd.Proto
 	rules  []conf.PortRule
 	splice bool
 	tables socketReader
+}
+
+// forwarder is what an autoForwarder changes: the engine's forwards, and
+// the sockets it holds itself.
+type forwarder interface {
+	fwd.Forwarder
+	OwnInodes() map[uint64]bool
 }
 
 // socketReader is autoscan.Diag or, failing that, autoscan.Tables.
@@ -51,7 +59,7 @@ func openSockets(procDir string) (socketReader, error) {
 
 // newAutoForwarder opens what the forwards of f need, or returns nil if
 // there are none or they cannot work (with a warning).
-func newAutoForwarder(ns *netns.NS, f *conf.Forward, splice bool) *autoForwarder {
+func newAutoForwarder(ns *netns.NS, proto fwd.Proto, f *conf.Forward, splice bool) *autoForwarder {
 	rules := autoscan.RulesFor(f)
 	if len(rules) == 0 {
 		return nil
@@ -75,12 +83,12 @@ func newAutoForwarder(ns *netns.NS, f *conf.Forward, splice bool) *autoForwarder
 		log.Warnf("UDP auto forwarding disabled: %v", err)
 		return nil
 	}
-	return &autoForwarder{rules: rules, splice: splice, tables: tables}
+	return &autoForwarder{proto: proto, rules: rules, splice: splice, tables: tables}
 }
 
 // run keeps the forwards up to date until stop is closed, then closes
 // what newAutoForwarder opened.
-func (a *autoForwarder) run(eng *udp.Engine, v4, v6 bool, stop <-chan struct{}) {
+func (a *autoForwarder) run(eng forwarder, v4, v6 bool, stop <-chan struct{}) {
 	defer a.tables.Close()
 	splice := a.splice
 	dir := "-u"
@@ -98,7 +106,7 @@ func (a *autoForwarder) run(eng *udp.Engine, v4, v6 bool, stop <-chan struct{}) 
 			log.Debugf("UDP auto forwarding: %v", err)
 		}
 		for _, c := range closing {
-			for _, uf := range netcfg.Listeners(c.Addr, c.Ifname, c.Port, c.ToPort, v4, v6, splice) {
+			for _, uf := range netcfg.Listeners(a.proto, c.Addr, c.Ifname, c.Port, c.ToPort, v4, v6, splice) {
 				_ = eng.RemoveForward(uf)
 			}
 			delete(failed, c)
@@ -106,7 +114,7 @@ func (a *autoForwarder) run(eng *udp.Engine, v4, v6 bool, stop <-chan struct{}) 
 		}
 		for _, o := range open {
 			ok := false
-			for _, uf := range netcfg.Listeners(o.Addr, o.Ifname, o.Port, o.ToPort, v4, v6, splice) {
+			for _, uf := range netcfg.Listeners(a.proto, o.Addr, o.Ifname, o.Port, o.ToPort, v4, v6, splice) {
 				if err := eng.AddForward(uf); err != nil {
 					if !failed[o] {
 						log.Debugf("UDP auto forwarding: %v", err)

@@ -48,6 +48,7 @@ import (
 	"github.com/gopasst/gopasst/internal/conf"
 	"github.com/gopasst/gopasst/internal/daemon"
 	"github.com/gopasst/gopasst/internal/engine"
+	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/netcfg"
 	"github.com/gopasst/gopasst/internal/netns"
@@ -55,11 +56,11 @@ import (
 	"github.com/gopasst/gopasst/internal/sandbox"
 	"github.com/gopasst/gopasst/internal/stats"
 	"github.com/gopasst/gopasst/internal/tap"
-	"github.com/gopasst/gopasst/internal/udp"
 )
 
-// Run runs pasta mode with cfg and returns the process exit status.
-func Run(cfg *conf.Config) int {
+// Run runs pasta mode with cfg, serving protos, and returns the process
+// exit status.
+func Run(cfg *conf.Config, protos []engine.Protocol) int {
 	// Checked before anything else, --runas included, also by the
 	// unprivileged parent of a user namespace.
 	sb, err := sandbox.New(sandbox.Config{Mode: sandbox.Pasta, RunAs: cfg.RunAs, Disabled: cfg.NoSandbox,
@@ -83,7 +84,7 @@ func Run(cfg *conf.Config) int {
 	} else if done {
 		return code
 	}
-	code, err := run(cfg, sb)
+	code, err := run(cfg, sb, protos)
 	if err != nil {
 		log.Errorf("%v", err)
 		if code == 0 {
@@ -126,7 +127,7 @@ func targetNetns(cfg *conf.Config) string {
 	return ""
 }
 
-func run(cfg *conf.Config, sb *sandbox.Sandbox) (int, error) {
+func run(cfg *conf.Config, sb *sandbox.Sandbox, protos []engine.Protocol) (int, error) {
 	defer sb.Close()
 	daemon.RaiseNofile()
 	// Unset forwarding directions get pasta's default, "auto".
@@ -185,7 +186,7 @@ func run(cfg *conf.Config, sb *sandbox.Sandbox) (int, error) {
 		log.Debugf("tap: the kernel refused UDP segmentation offload: plain frames")
 	}
 	st := &stats.Counters{}
-	var nsSocket udp.SocketFunc
+	var nsSocket engine.SocketFunc
 	if !cfg.NoSplice {
 		factory, err := ns.SocketFactory()
 		if err != nil {
@@ -199,7 +200,7 @@ func run(cfg *conf.Config, sb *sandbox.Sandbox) (int, error) {
 		return 1, err
 	}
 	defer closeCapture()
-	eng, err := engine.Build(ep, n, cfg, st, nsSocket)
+	eng, err := engine.Build(ep, n, cfg, st, nsSocket, protos)
 	if err != nil {
 		return 1, err
 	}
@@ -213,10 +214,10 @@ func run(cfg *conf.Config, sb *sandbox.Sandbox) (int, error) {
 	sb.RemoveAtExit(cfg.PIDFile)
 
 	var autos []*autoForwarder
-	if eng.UDP != nil {
-		autos = append(autos, newAutoForwarder(ns, &cfg.UDPFwd, false))
+	if eng.Serves(fwd.UDP) {
+		autos = append(autos, newAutoForwarder(ns, fwd.UDP, &cfg.UDPFwd, false))
 		if nsSocket != nil {
-			autos = append(autos, newAutoForwarder(ns, &cfg.UDPNSFwd, true))
+			autos = append(autos, newAutoForwarder(ns, fwd.UDP, &cfg.UDPNSFwd, true))
 		}
 	}
 	engErr := make(chan error, 1)
@@ -225,7 +226,7 @@ func run(cfg *conf.Config, sb *sandbox.Sandbox) (int, error) {
 	var autoDone sync.WaitGroup
 	for _, a := range autos {
 		if a != nil {
-			autoDone.Go(func() { a.run(eng.UDP, n.IPv4, n.IPv6, stopAuto) })
+			autoDone.Go(func() { a.run(eng, n.IPv4, n.IPv6, stopAuto) })
 		}
 	}
 	defer func() { close(stopAuto); autoDone.Wait() }()

@@ -93,12 +93,13 @@ func runtimeRules(pid uint32) []rule {
 
 // dataRules are the data path's calls in both modes.
 var dataRules = []rule{
-	// New flows: UDP sockets over IPv4 and IPv6, nothing else (no raw,
-	// packet or netlink sockets).
+	// New flows: UDP sockets and ping sockets (ICMP echo: datagram
+	// sockets of IPPROTO_ICMP, IPPROTO_ICMPV6) over IPv4 and IPv6,
+	// nothing else (no raw, packet or netlink sockets).
 	{nr: unix.SYS_SOCKET, name: "socket", conds: []cond{
 		argIn(0, unix.AF_INET, unix.AF_INET6),
 		argMasked(1, 0xf, unix.SOCK_DGRAM), // SOCK_TYPE_MASK
-		argIn(2, 0, unix.IPPROTO_UDP),
+		argIn(2, 0, unix.IPPROTO_UDP, unix.IPPROTO_ICMP, unix.IPPROTO_ICMPV6),
 	}},
 	allow(unix.SYS_BIND, "bind"),
 	allow(unix.SYS_CONNECT, "connect"),

@@ -1,5 +1,5 @@
-// Package stats holds gopasst's counters: datagrams and bytes per direction
-// and drops by reason.
+// Package stats holds gopasst's counters: per protocol, packets and bytes
+// per direction and flows; frames on the tap; drops by reason.
 //
 // Every counter is an atomic so that the tap reader and the socket loop can
 // count without sharing a lock; the hot path does one atomic add per batch
@@ -21,21 +21,25 @@ type Reason uint8
 
 // Drop reasons beyond the malformed-frame ones of package packet.
 const (
-	DropMalformed   Reason = iota // frame failed parsing (see Malformed)
-	DropNoFlow                    // no flow could be found or created
-	DropTableFull                 // flow table full
-	DropSockErr                   // a socket refused the datagram
-	DropTapWrite                  // writing to the tap failed
-	DropMulticast                 // multicast or broadcast destination
-	DropUnmappable                // source that cannot be shown to the guest
-	DropUnsupported               // protocol not handled
-	DropRateLimited               // ICMP error to the guest over the rate limit
-	DropFragment                  // fragments that could not be reassembled
-	DropBadSource                 // source the guest cannot have: spoofed, non-unicast or port 0
-	NumReasons                    // number of reasons
+	DropMalformed    Reason = iota // frame failed parsing (see Malformed)
+	DropNoFlow                     // no flow could be found or created
+	DropTableFull                  // flow table full
+	DropSockErr                    // a socket refused the datagram
+	DropTapWrite                   // writing to the tap failed
+	DropMulticast                  // multicast or broadcast destination
+	DropUnmappable                 // source that cannot be shown to the guest
+	DropUnsupported                // protocol not handled
+	DropRateLimited                // ICMP error to the guest over the rate limit
+	DropFragment                   // fragments that could not be reassembled
+	DropBadSource                  // source the guest cannot have: spoofed, non-unicast or port 0
+	DropChecksum                   // L4 checksum wrong (where gopasst must check it)
+	DropICMPType                   // ICMP message from the guest that is not handled
+	DropNoPingSocket               // ICMP echo with ping sockets forbidden on the host
+	NumReasons                     // number of reasons
 )
 
-var reasonNames = [NumReasons]string{"malformed", "no-flow", "table-full", "socket-error", "tap-write", "multicast", "unmappable", "unsupported", "rate-limited", "fragment", "bad-source"}
+var reasonNames = [NumReasons]string{"malformed", "no-flow", "table-full", "socket-error", "tap-write", "multicast", "unmappable",
+	"unsupported", "rate-limited", "fragment", "bad-source", "checksum", "icmp-type", "no-ping-socket"}
 
 // String names the reason.
 func (r Reason) String() string {
@@ -45,24 +49,31 @@ func (r Reason) String() string {
 	return "unknown"
 }
 
+// Proto are the counters of one protocol. What a packet is (a datagram,
+// an echo request, a segment) depends on the protocol.
+type Proto struct {
+	ToHost       atomic.Uint64 // packets from the guest sent to host sockets
+	ToHostBytes  atomic.Uint64 // their payload bytes
+	ToTap        atomic.Uint64 // packets from host sockets written to the tap
+	ToTapBytes   atomic.Uint64 // their payload bytes
+	Spliced      atomic.Uint64 // packets moved socket to socket (splice, replies to listeners)
+	SplicedBytes atomic.Uint64 // their payload bytes
+	FlowsCreated atomic.Uint64 // flows created
+	FlowsExpired atomic.Uint64 // flows ended
+	Active       atomic.Int64  // flows alive now
+	ActiveSplice atomic.Int64  // of which socket to socket (splice)
+}
+
 // Counters are the process-wide counters.
 type Counters struct {
-	TapRxFrames     atomic.Uint64 // frames read from the tap
-	TapTxFrames     atomic.Uint64 // frames written to the tap
-	UDPToHost       atomic.Uint64 // datagrams from the guest sent to host sockets
-	UDPToHostBytes  atomic.Uint64 // their payload bytes
-	UDPToTap        atomic.Uint64 // datagrams from host sockets written to the tap
-	UDPToTapBytes   atomic.Uint64 // their payload bytes
-	UDPSpliced      atomic.Uint64 // datagrams moved socket to socket (splice, replies to listeners)
-	UDPSplicedBytes atomic.Uint64 // their payload bytes
-	ICMPToGuest     atomic.Uint64 // ICMP errors translated for the guest
-	FragmentsIn     atomic.Uint64 // IP fragments from the guest
-	Reassembled     atomic.Uint64 // datagrams reassembled from them
-	L2Replies       atomic.Uint64 // ARP and NDP replies sent
-	FlowsCreated    atomic.Uint64 // UDP flows created
-	FlowsExpired    atomic.Uint64 // UDP flows expired
-	ActiveFlows     atomic.Int64  // UDP flows alive now
-	ActiveSplice    atomic.Int64  // of which socket to socket (splice)
+	TapRxFrames atomic.Uint64 // frames read from the tap
+	TapTxFrames atomic.Uint64 // frames written to the tap
+	UDP         Proto
+	ICMP        Proto         // ICMP echo: requests to the host, replies to the guest
+	ICMPToGuest atomic.Uint64 // ICMP errors sent to the guest
+	FragmentsIn atomic.Uint64 // IP fragments from the guest
+	Reassembled atomic.Uint64 // datagrams reassembled from them
+	L2Replies   atomic.Uint64 // ARP and NDP replies sent
 
 	Drops     [NumReasons]atomic.Uint64
 	Malformed [packet.NumDrops]atomic.Uint64
@@ -84,21 +95,30 @@ func (c *Counters) String() string {
 	line := func(name string, v any) { fmt.Fprintf(&b, "%s: %v\n", name, v) }
 	line("tap frames in", c.TapRxFrames.Load())
 	line("tap frames out", c.TapTxFrames.Load())
-	line("udp datagrams to host", c.UDPToHost.Load())
-	line("udp bytes to host", c.UDPToHostBytes.Load())
-	line("udp datagrams to tap", c.UDPToTap.Load())
-	line("udp bytes to tap", c.UDPToTapBytes.Load())
-	line("udp datagrams socket to socket", c.UDPSpliced.Load())
-	line("udp bytes socket to socket", c.UDPSplicedBytes.Load())
+	u := &c.UDP
+	line("udp datagrams to host", u.ToHost.Load())
+	line("udp bytes to host", u.ToHostBytes.Load())
+	line("udp datagrams to tap", u.ToTap.Load())
+	line("udp bytes to tap", u.ToTapBytes.Load())
+	line("udp datagrams socket to socket", u.Spliced.Load())
+	line("udp bytes socket to socket", u.SplicedBytes.Load())
 	line("icmp errors to guest", c.ICMPToGuest.Load())
 	line("ip fragments in", c.FragmentsIn.Load())
 	line("ip datagrams reassembled", c.Reassembled.Load())
 	line("l2 replies", c.L2Replies.Load())
-	line("udp flows created", c.FlowsCreated.Load())
-	line("udp flows expired", c.FlowsExpired.Load())
-	line("udp flows active", c.ActiveFlows.Load())
-	line("udp flows active (tap)", c.ActiveFlows.Load()-c.ActiveSplice.Load())
-	line("udp flows active (splice)", c.ActiveSplice.Load())
+	line("udp flows created", u.FlowsCreated.Load())
+	line("udp flows expired", u.FlowsExpired.Load())
+	line("udp flows active", u.Active.Load())
+	line("udp flows active (tap)", u.Active.Load()-u.ActiveSplice.Load())
+	line("udp flows active (splice)", u.ActiveSplice.Load())
+	i := &c.ICMP
+	line("icmp echo requests to host", i.ToHost.Load())
+	line("icmp bytes to host", i.ToHostBytes.Load())
+	line("icmp echo replies to tap", i.ToTap.Load())
+	line("icmp bytes to tap", i.ToTapBytes.Load())
+	line("icmp flows created", i.FlowsCreated.Load())
+	line("icmp flows expired", i.FlowsExpired.Load())
+	line("icmp flows active", i.Active.Load())
 	for r := Reason(0); r < NumReasons; r++ {
 		line("drop "+r.String(), c.Drops[r].Load())
 	}

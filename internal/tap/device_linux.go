@@ -128,7 +128,7 @@ func (d *Device) read(n int, buf []byte) (int, error) {
 	var h vnetHdr
 	h.decode(d.rhdr[n][:])
 	d.gso[n] = 0
-	if h.gsoType&0x7f == vnetGSOUDPL4 {
+	if h.gsoType&0x7f == uint8(GSOUDPL4) {
 		d.gso[n] = h.gsoSize
 	}
 	return r, nil

@@ -16,31 +16,42 @@ const VnetHdrLen = 10
 const (
 	vnetNeedsCsum = 1 // flags: the checksum at CsumStart+CsumOffset is partial
 	vnetGSONone   = 0 // gso_type: one packet
-	vnetGSOUDPL4  = 5 // gso_type: UDP segmentation offload (USO)
+)
+
+// GSO is the segmentation type of a segmented frame, as the virtio-net
+// header's gso_type names it.
+type GSO uint8
+
+// Segmentation types.
+const (
+	GSOTCPv4 GSO = 1 // TCP over IPv4 (TSO)
+	GSOTCPv6 GSO = 4 // TCP over IPv6
+	GSOUDPL4 GSO = 5 // UDP over either family (USO)
 )
 
 // MaxSegments is the most datagrams one segmented frame may carry, the
 // kernel's limit for UDP segmentation (UDP_MAX_SEGMENTS in older kernels).
 const MaxSegments = 64
 
-// Segmenter is an endpoint that carries segmented UDP frames: one frame
-// holding many datagrams of one flow, all of one size but the last, which
-// the kernel on the other side cuts apart (UDP segmentation offload).
+// Segmenter is an endpoint that carries segmented frames: one frame
+// holding many packets of one flow, all of one size but the last, which
+// the kernel on the other side cuts apart (segmentation offload).
 type Segmenter interface {
 	// SegmentSize returns the segment size of frame i of the last
-	// ReadBatch, 0 for a frame holding one datagram.
+	// ReadBatch, 0 for a frame holding one packet.
 	SegmentSize(i int) int
-	// WriteSegmented sends a segmented frame: frame holds the Ethernet,
-	// IP and UDP headers (hdrLen bytes, with the lengths of the whole
-	// and a partial UDP checksum) and the first payload, more the
-	// payloads that follow; every segment but the last has segSize
-	// bytes. It reports false, sending nothing, when the endpoint does
-	// not segment.
-	WriteSegmented(frame []byte, hdrLen, segSize int, more [][]byte) (bool, error)
-	// WritePartial sends a frame holding one UDP datagram whose
-	// checksum is partial (the pseudo-header's sum, as in a segmented
-	// frame): the receiving kernel takes the datagram as checked, so
-	// neither side reads the payload for its checksum. It reports
+	// WriteSegmented sends a segmented frame of type gso: frame holds
+	// the Ethernet, IP and L4 headers (hdrLen bytes, with the lengths
+	// of the whole and a partial L4 checksum) and the first payload,
+	// more the payloads that follow; every segment but the last has
+	// segSize bytes. It reports false, sending nothing, when the
+	// endpoint does not segment frames of that type (the tap device
+	// takes GSOUDPL4; TCP segmentation comes with TCP).
+	WriteSegmented(frame []byte, hdrLen, segSize int, gso GSO, more [][]byte) (bool, error)
+	// WritePartial sends a frame holding one UDP datagram or TCP
+	// segment whose checksum is partial (the pseudo-header's sum, as
+	// in a segmented frame): the receiving kernel takes it as checked,
+	// so neither side reads the payload for its checksum. It reports
 	// false, sending nothing, when the endpoint does not offload.
 	WritePartial(frame []byte, hdrLen int) (bool, error)
 }
@@ -139,11 +150,11 @@ func (d *Device) writeVnet(frame []byte) error {
 }
 
 // WriteSegmented implements Segmenter.
-func (d *Device) WriteSegmented(frame []byte, hdrLen, segSize int, more [][]byte) (bool, error) {
-	if !d.uso || len(more)+1 > MaxSegments {
+func (d *Device) WriteSegmented(frame []byte, hdrLen, segSize int, gso GSO, more [][]byte) (bool, error) {
+	if !d.uso || len(more)+1 > MaxSegments || gso != GSOUDPL4 {
 		return false, nil
 	}
-	return true, d.writeHdr(partialHdr(hdrLen, vnetGSOUDPL4, segSize), frame, more)
+	return true, d.writeHdr(partialHdr(frame, hdrLen, uint8(gso), segSize), frame, more)
 }
 
 // WritePartial implements Segmenter.
@@ -151,14 +162,25 @@ func (d *Device) WritePartial(frame []byte, hdrLen int) (bool, error) {
 	if !d.uso {
 		return false, nil
 	}
-	return true, d.writeHdr(partialHdr(hdrLen, vnetGSONone, 0), frame, nil)
+	return true, d.writeHdr(partialHdr(frame, hdrLen, vnetGSONone, 0), frame, nil)
 }
 
-// partialHdr is the header of a frame whose UDP checksum, at the end of
-// its hdrLen bytes of headers, is partial.
-func partialHdr(hdrLen int, gsoType uint8, segSize int) vnetHdr {
+// partialHdr is the header of a frame of hdrLen bytes of headers whose L4
+// checksum is partial. Where the L4 header starts and where its checksum
+// lies come from the frame's IP header, which gopasst built (no IPv6
+// extension headers).
+func partialHdr(frame []byte, hdrLen int, gsoType uint8, segSize int) vnetHdr {
+	const eth = 14
+	l4, proto := eth+40, frame[eth+6]
+	if frame[12] == 0x08 && frame[13] == 0x00 {
+		l4, proto = eth+int(frame[eth]&0xf)*4, frame[eth+9]
+	}
+	off := uint16(6) // UDP
+	if proto == unix.IPPROTO_TCP {
+		off = 16
+	}
 	return vnetHdr{flags: vnetNeedsCsum, gsoType: gsoType, hdrLen: uint16(hdrLen), gsoSize: uint16(segSize),
-		csumStart: uint16(hdrLen - 8), csumOffset: 6}
+		csumStart: uint16(l4), csumOffset: off}
 }
 
 // writeHdr sends h, frame and the non-empty buffers of more as one frame.

@@ -24,27 +24,11 @@ import (
 // (its addresses and ports), so a guest's connected socket reports
 // ECONNREFUSED and traceroute sees time-exceeded.
 
-// maxICMPPerSecond bounds the ICMP errors sent to the guest.
-const maxICMPPerSecond = 100
-
 // Origins of extended socket errors (linux/errqueue.h).
 const (
 	eeOriginICMP  = 2
 	eeOriginICMP6 = 3
 )
-
-// allow counts one ICMP error at monotonic time now (nanoseconds) and
-// reports whether it is within the rate limit.
-func (st *icmpState) allow(now int64) bool {
-	if sec := now / 1e9; sec != st.second {
-		st.second, st.count = sec, 0
-	}
-	if st.count >= maxICMPPerSecond {
-		return false
-	}
-	st.count++
-	return true
-}
 
 // enableRecvErr asks for ICMP errors in the socket's error queue.
 func enableRecvErr(fd int, v4 bool) {
@@ -55,14 +39,12 @@ func enableRecvErr(fd int, v4 bool) {
 	}
 }
 
-// icmpState holds the buffers and the rate limit of the error path.
+// icmpState holds the buffers of the error path (the guest writer sends
+// the errors, and limits their rate).
 type icmpState struct {
 	payload [packet.MaxICMP6Error]byte
 	oob     [256]byte
 	quote   [packet.MaxICMP6Error]byte
-	frame   [packet.EthLen + packet.MaxICMP6Error]byte
-	second  int64 // the second the count is for
-	count   int
 }
 
 // queuedError is one entry of a socket's error queue.
@@ -127,8 +109,8 @@ func (e *Engine) listenerErrors(l *listener) {
 		if !ok {
 			return
 		}
-		key := flow.Key{PIF: l.pif, EAddr: q.dst.Addr(), EPort: q.dst.Port(), FAddr: l.addr, FPort: l.port}
-		e.mu.Lock()
+		key := flow.Key{Type: flow.TypeUDP, PIF: l.pif, EAddr: q.dst.Addr(), EPort: q.dst.Port(), FAddr: l.addr, FPort: l.port}
+		e.tab.Mu.Lock()
 		ref, found := e.tab.Lookup(key)
 		var tapSide, hostSide flow.Side
 		if found {
@@ -136,7 +118,7 @@ func (e *Engine) listenerErrors(l *listener) {
 			found = f.PIF[ref.Side^1] == flow.PIFTap
 			tapSide, hostSide = f.Side[ref.Side^1], f.Side[ref.Side]
 		}
-		e.mu.Unlock()
+		e.tab.Mu.Unlock()
 		if found {
 			e.icmpToGuest(&tapSide, &hostSide, q.ee, q.offender, q.payload)
 		}
@@ -188,10 +170,6 @@ func parseRecvErr(oob []byte) (unix.SockExtendedErr, netip.Addr, bool) {
 // address it sent to) an ICMP error for a datagram it sent with payload,
 // reported by offender on the host side (hostSide).
 func (e *Engine) icmpToGuest(tapSide, hostSide *flow.Side, ee unix.SockExtendedErr, offender netip.Addr, payload []byte) {
-	if !e.icmp.allow(e.clock()) {
-		e.st.Drop(stats.DropRateLimited)
-		return
-	}
 	// Who complains, as the guest sees it: the peer it addressed, or a
 	// router on the way (the host itself standing in for its loopback).
 	src := tapSide.FAddr
@@ -208,48 +186,5 @@ func (e *Engine) icmpToGuest(tapSide, hostSide *flow.Side, ee unix.SockExtendedE
 	}
 	quoted := packet.QuoteUDP(e.icmp.quote[:], netip.AddrPortFrom(tapSide.EAddr, tapSide.EPort),
 		netip.AddrPortFrom(tapSide.FAddr, tapSide.FPort), payload)
-	e.sendICMP(e.icmp, src, tapSide.EAddr, ee.Type, ee.Code, ee.Info, quoted)
-}
-
-// icmpFrom sends the guest at dst an ICMP error (type4 for IPv4, type6
-// for IPv6, code 0) from src quoting quoted, with the tap reader's
-// buffers and rate limit.
-func (e *Engine) icmpFrom(src, dst netip.Addr, quoted []byte, type4, type6 uint8) {
-	st := e.icmpTap
-	if !st.allow(e.clock()) {
-		e.st.Drop(stats.DropRateLimited)
-		return
-	}
-	typ := type6
-	if dst.Is4() {
-		typ = type4
-	}
-	e.sendICMP(st, src, dst, typ, 0, 0, quoted)
-}
-
-// sendICMP writes an ICMP or ICMPv6 error to the guest, built in st's
-// buffers (each loop has its own).
-func (e *Engine) sendICMP(st *icmpState, src, dst netip.Addr, typ, code uint8, info uint32, quoted []byte) {
-	var n int
-	if dst.Is4() {
-		rest := uint32(0)
-		if typ == 3 && code == 4 { // fragmentation needed: next-hop MTU
-			rest = info & 0xffff
-		}
-		n = packet.PutICMP4Error(st.frame[:], src, dst, typ, code, rest, quoted)
-		packet.PutEthernet(st.frame[:], e.cfg.Guest.MAC(), e.cfg.OurMAC, packet.EtherTypeIPv4)
-	} else {
-		rest := uint32(0)
-		if typ == 2 { // packet too big: MTU
-			rest = info
-		}
-		n = packet.PutICMP6Error(st.frame[:], src, dst, typ, code, rest, quoted)
-		packet.PutEthernet(st.frame[:], e.cfg.Guest.MAC(), e.cfg.OurMAC, packet.EtherTypeIPv6)
-	}
-	if err := e.cfg.Tap.WriteFrame(st.frame[:packet.EthLen+n]); err != nil {
-		e.st.Drop(stats.DropTapWrite)
-		return
-	}
-	e.st.ICMPToGuest.Add(1)
-	e.st.TapTxFrames.Add(1)
+	e.out.ICMPError(src, tapSide.EAddr, ee.Type, ee.Code, ee.Info, quoted)
 }

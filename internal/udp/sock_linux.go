@@ -82,7 +82,7 @@ const sockBufSize = 4 << 20
 
 // SocketFunc is socket(2): unix.Socket for the host, a namespace's
 // factory for sockets that must live in the namespace.
-type SocketFunc func(domain, typ, proto int) (int, error)
+type SocketFunc = func(domain, typ, proto int) (int, error)
 
 // newSocket opens, with mk, a non-blocking UDP socket for addr's family,
 // with SO_REUSEADDR, large buffers and, for IPv6, IPV6_V6ONLY.

@@ -1,88 +1,52 @@
 package udp
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasst/gopasst/internal/evloop"
 	"github.com/gopasst/gopasst/internal/flow"
 	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/packet"
 	"github.com/gopasst/gopasst/internal/stats"
-	"github.com/gopasst/gopasst/internal/yield"
+	"github.com/gopasst/gopasst/internal/tap"
+	"github.com/gopasst/gopasst/internal/toguest"
 )
 
-// FrameWriter sends one Ethernet frame to the guest.
-type FrameWriter interface {
-	WriteFrame(frame []byte) error
-}
-
-// BatchWriter is a FrameWriter that can also send many frames with one
-// system call (the qemu stream socket). It returns how many went out.
-type BatchWriter interface {
-	WriteFrames(frames [][]byte) (int, error)
-}
-
-// SegmentWriter is a FrameWriter whose guest takes offloads (see
-// tap.Segmenter): segmented frames, many datagrams of one flow in one
-// frame that the guest's kernel cuts apart, and frames whose UDP checksum
-// the guest's kernel takes as checked. The writes report false when they
-// cannot, having sent nothing.
-type SegmentWriter interface {
-	// Offloads reports whether the guest took the offloads.
-	Offloads() bool
-	WriteSegmented(frame []byte, hdrLen, segSize int, more [][]byte) (bool, error)
-	WritePartial(frame []byte, hdrLen int) (bool, error)
-}
-
-// Forward is one forwarded host port: a listening socket on Addr:Port
-// (Addr unspecified for any address of its family), optionally bound to a
-// device, whose datagrams go to the guest's port ToPort.
-type Forward struct {
-	Addr   netip.Addr
-	Ifname string
-	Port   uint16
-	ToPort uint16
-	// Splice marks a listening socket in the namespace (-U), whose
-	// datagrams go to the host's loopback.
-	Splice bool
-}
+// Forward is one forwarded port (see fwd.Forward).
+type Forward = fwd.Forward
 
 // Config is what an Engine needs.
 type Config struct {
-	Rules    *fwd.Rules
-	Guest    *fwd.Guest
-	OurMAC   packet.MAC
-	Tap      FrameWriter
+	Rules *fwd.Rules
+	Guest *fwd.Guest
+	// Loop is the host event loop the engine's sockets are registered
+	// with, Flows the flow table it shares with the other protocols,
+	// Out the writer to the guest of the loop's goroutine.
+	Loop     *evloop.Loop
+	Flows    *flow.Table
+	Out      *toguest.Writer
 	Stats    *stats.Counters
 	Forwards []Forward
 	// Timeout expires flows that saw traffic from one side only,
 	// StreamTimeout flows that saw both.
 	Timeout, StreamTimeout time.Duration
-	// MaxFlows bounds the flow table.
-	MaxFlows int
 	// NSSocket creates sockets in the namespace (pasta); nil disables
 	// the splice path.
 	NSSocket SocketFunc
-	// MTU is the guest's: IPv4 datagrams to the guest that do not fit
-	// are fragmented. Zero means no limit.
-	MTU int
-	// Router4 and Router6 are the guest's gateway addresses: datagrams
-	// whose TTL runs out here are answered with time-exceeded from them.
-	Router4, Router6 netip.Addr
 	// Offload sends runs of equal-size datagrams of a flow as one
-	// UDP_SEGMENT message; if Tap is also a SegmentWriter whose guest
-	// took the offloads, sockets receive with UDP_GRO, runs reach the
-	// guest as segmented frames and single datagrams with a partial
-	// checksum.
+	// UDP_SEGMENT message; if the guest also took the offloads
+	// (Out.Partial), sockets receive with UDP_GRO, runs reach the guest
+	// as segmented frames and single datagrams with a partial checksum.
+	// IPv4 datagrams larger than the guest's MTU (Out.MTU) are
+	// fragmented.
 	Offload bool
 }
 
@@ -91,19 +55,6 @@ const Batch = 64
 
 const bufSize = packet.MaxHeadroom + 65535
 
-// Epoll data: the flow or listener index in Fd, kind, side and generation
-// in Pad.
-const (
-	kindWake     = 1
-	kindListener = 2
-	kindReply    = 3
-	genMask      = 1<<27 - 1
-)
-
-func evData(kind, side int, idx int32, gen uint32) unix.EpollEvent {
-	return unix.EpollEvent{Events: unix.EPOLLIN, Fd: idx, Pad: int32(kind<<28 | side<<27 | int(gen&genMask))}
-}
-
 type listener struct {
 	fd     int        // -1 for a free slot
 	addr   netip.Addr // bound address, unspecified for any
@@ -111,13 +62,6 @@ type listener struct {
 	port   uint16
 	to     uint16
 	pif    flow.PIF // where the socket lives: the host, or the namespace (splice)
-}
-
-// lstReq asks the socket loop to open (add) or close a listening socket.
-type lstReq struct {
-	add  bool
-	f    Forward
-	done chan error
 }
 
 // rxBatch holds the buffers of the socket loop: payloads land after the
@@ -130,7 +74,6 @@ type rxBatch struct {
 	ctl   []byte // groCmsgSpace bytes per message, for UDP_GRO
 	seg   []int  // segment size of a buffer received whole (UDP_GRO), else 0
 	dst   []dest
-	out   [][]byte // frames built from this batch, to be written
 	more  [][]byte // payloads after the first of a segmented frame
 }
 
@@ -155,31 +98,29 @@ type dest struct {
 	side      flow.Side // the side the datagram goes to
 }
 
-// Engine is the UDP translation: it owns the flow table, the listening and
-// reply sockets and the epoll loop over them.
+// Engine is the UDP translation: it owns the UDP flows of the flow table
+// and the listening and reply sockets, registered with the host event
+// loop.
 type Engine struct {
-	cfg  Config
-	st   *stats.Counters
-	mu   sync.Mutex
-	tab  *flow.Table
-	epfd int
-	wake int
-	lst  []listener
-	rx   rxBatch
+	cfg   Config
+	st    *stats.Counters
+	ps    *stats.Proto
+	tab   *flow.Table
+	loop  *evloop.Loop
+	out   *toguest.Writer
+	kList evloop.Kind // listening sockets: Index is the listener's
+	kRepl evloop.Kind // reply sockets: a flow's side
+	lst   []listener
+	rx    rxBatch
 	// tx sends the guest's datagrams (tap reader), sx what the socket
 	// loop forwards socket to socket.
 	tx, sx *segBatch
-	// seg writes segmented frames to the guest (nil if the endpoint
-	// cannot), gro says host and namespace sockets receive with UDP_GRO.
-	seg SegmentWriter
+	// seg says the guest takes segmented frames and partial checksums,
+	// gro that host and namespace sockets receive with UDP_GRO.
+	seg bool
 	gro bool
-	// icmp serves the socket loop's error path, icmpTap the tap reader's
-	// (Expired).
-	icmp, icmpTap *icmpState
-	// frag is the scratch frame for IPv4 fragments to the guest, fragID
-	// their identification counter.
-	frag   []byte
-	fragID uint16
+	// icmp holds the buffers of the error path.
+	icmp *icmpState
 	// split is the scratch buffer of splitToTap.
 	split []byte
 	clock func() int64
@@ -189,44 +130,25 @@ type Engine struct {
 	// counted from before their bind. See OwnInodes.
 	ownMu sync.Mutex
 	own   map[uint64]int
-
-	// Listening sockets are opened and closed by the socket loop only,
-	// on request (AddForward, RemoveForward).
-	reqs     chan lstReq
-	stopping atomic.Bool
-	runDone  chan struct{}
 }
 
-// New opens the listening sockets of cfg.Forwards and returns an Engine
-// ready to Run. A forward whose port cannot be bound is an error.
+// New opens the listening sockets of cfg.Forwards, registers the engine's
+// kinds and its expiry with the loop, and returns it. A forward whose port
+// cannot be bound is an error.
 func New(cfg Config) (*Engine, error) {
-	if cfg.MaxFlows <= 0 {
-		cfg.MaxFlows = 65536
-	}
-	e := &Engine{cfg: cfg, st: cfg.Stats, tab: flow.NewTable(cfg.MaxFlows), clock: monotonic,
-		reqs: make(chan lstReq, 16), runDone: make(chan struct{}), icmp: &icmpState{}, icmpTap: &icmpState{},
-		own: map[uint64]int{}}
-	var err error
-	if e.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
-		return nil, err
-	}
-	if e.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
-		unix.Close(e.epfd)
-		return nil, err
-	}
-	ev := evData(kindWake, 0, 0, 0)
-	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, e.wake, &ev); err != nil {
-		e.Close()
-		return nil, err
-	}
-	if sw, ok := cfg.Tap.(SegmentWriter); ok && cfg.Offload && sw.Offloads() {
-		e.seg = sw
-		e.gro = true
+	e := &Engine{cfg: cfg, st: cfg.Stats, ps: &cfg.Stats.UDP, tab: cfg.Flows, loop: cfg.Loop, out: cfg.Out,
+		clock: evloop.Now, icmp: &icmpState{}, own: map[uint64]int{}}
+	e.kList = e.loop.Register("UDP listener", evloop.HandlerFunc(e.listenerEvent))
+	e.kRepl = e.loop.Register("UDP socket", evloop.HandlerFunc(func(r evloop.Ref, ev uint32) {
+		e.fromReply(r.Index, r.Side, r.Gen, ev)
+	}))
+	e.loop.Every(e.expire)
+	if cfg.Offload && e.out.Partial() {
+		e.seg, e.gro = true, true
 	}
 	for _, f := range cfg.Forwards {
 		if err := e.openListener(f); err != nil {
-			e.Close()
-			e.release()
+			e.Release()
 			return nil, err
 		}
 	}
@@ -244,7 +166,6 @@ func newRxBatch() rxBatch {
 		ctl:   make([]byte, Batch*groCmsgSpace),
 		seg:   make([]int, Batch),
 		dst:   make([]dest, Batch),
-		out:   make([][]byte, 0, Batch),
 		more:  make([][]byte, 0, Batch),
 	}
 	for i := range b.bufs {
@@ -257,10 +178,6 @@ func newRxBatch() rxBatch {
 	}
 	return b
 }
-
-func monotonic() int64 { return time.Since(epoch).Nanoseconds() }
-
-var epoch = time.Now()
 
 // openListener opens the listening socket of f. Called before Run or
 // from the socket loop.
@@ -295,8 +212,7 @@ func (e *Engine) openListener(f Forward) error {
 	} else {
 		e.lst[idx] = l
 	}
-	ev := evData(kindListener, 0, idx, 0)
-	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := e.loop.Add(fd, unix.EPOLLIN, evloop.Ref{Kind: e.kList, Index: idx}); err != nil {
 		unix.Close(fd)
 		e.lst[idx].fd = -1
 		return err
@@ -341,7 +257,7 @@ func (e *Engine) closeListener(f Forward) error {
 	for i := range e.lst {
 		l := &e.lst[i]
 		if l.fd >= 0 && l.addr == f.Addr && l.port == f.Port && l.ifname == f.Ifname && (l.pif == flow.PIFSplice) == f.Splice {
-			_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, l.fd, nil)
+			e.loop.Del(l.fd)
 			e.hold(l.fd, -1)
 			unix.Close(l.fd)
 			l.fd = -1
@@ -351,128 +267,53 @@ func (e *Engine) closeListener(f Forward) error {
 	return fmt.Errorf("UDP port %s: not forwarded", netip.AddrPortFrom(f.Addr, f.Port))
 }
 
-// AddForward opens a listening socket for f while Run is running.
-func (e *Engine) AddForward(f Forward) error { return e.request(lstReq{add: true, f: f}) }
-
-// RemoveForward closes the listening socket of f while Run is running.
-func (e *Engine) RemoveForward(f Forward) error { return e.request(lstReq{f: f}) }
-
-func (e *Engine) request(r lstReq) error {
-	r.done = make(chan error, 1)
-	select {
-	case e.reqs <- r:
-	case <-e.runDone:
-		return errors.New("UDP engine stopped")
+// AddForward opens a listening socket for f while the loop runs.
+func (e *Engine) AddForward(f Forward) error {
+	var err error
+	if lerr := e.loop.Do(func() { err = e.openListener(f) }); lerr != nil {
+		return lerr
 	}
-	e.kick()
-	select {
-	case err := <-r.done:
-		return err
-	case <-e.runDone:
-		return errors.New("UDP engine stopped")
-	}
+	return err
 }
 
-// kick wakes the socket loop.
-func (e *Engine) kick() {
-	var one = [8]byte{1}
-	_, _ = unix.Write(e.wake, one[:])
+// RemoveForward closes the listening socket of f while the loop runs.
+func (e *Engine) RemoveForward(f Forward) error {
+	var err error
+	if lerr := e.loop.Do(func() { err = e.closeListener(f) }); lerr != nil {
+		return lerr
+	}
+	return err
 }
 
-// serveRequests runs queued listener requests; called by the socket loop.
-func (e *Engine) serveRequests() {
-	var buf [8]byte
-	_, _ = unix.Read(e.wake, buf[:])
-	for {
-		select {
-		case r := <-e.reqs:
-			if r.add {
-				r.done <- e.openListener(r.f)
-			} else {
-				r.done <- e.closeListener(r.f)
-			}
-		default:
-			return
+// Release closes the engine's sockets and frees its flows; called once the
+// loop has stopped.
+func (e *Engine) Release() {
+	e.tab.Mu.Lock()
+	defer e.tab.Mu.Unlock()
+	e.tab.Each(func(i int32, f *flow.Flow) {
+		if f.Type == flow.TypeUDP {
+			e.closeFlow(i, f)
 		}
-	}
-}
-
-// Close stops Run, which closes every socket.
-func (e *Engine) Close() {
-	if !e.stopping.Swap(true) {
-		e.kick()
-	}
-}
-
-// release closes all sockets; called by Run on its way out.
-func (e *Engine) release() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.tab.Each(func(i int32, f *flow.Flow) { e.closeFlow(i, f) })
+	})
 	for _, l := range e.lst {
 		if l.fd >= 0 {
 			unix.Close(l.fd)
 		}
 	}
 	e.lst = nil
-	unix.Close(e.epfd)
-	unix.Close(e.wake)
 }
 
-// Flows is the number of live flows.
-func (e *Engine) Flows() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.tab.Len()
-}
+// Flows is the number of live UDP flows.
+func (e *Engine) Flows() int { return int(e.ps.Active.Load()) }
 
-// Run is the host-side loop: it moves datagrams from listening and reply
-// sockets to the guest and expires idle flows, until Close.
-func (e *Engine) Run() error {
-	defer close(e.runDone)
-	defer e.release()
-	// The loop blocks its thread in epoll_wait, as the reference's does,
-	// rather than parking in the Go runtime's poller (see package yield),
-	// and wakes at least once a second to expire flows.
-	events := make([]unix.EpollEvent, 128)
-	var pace yield.Pacer
-	lastExpiry := e.clock()
-	for {
-		timeout := max(0, int((lastExpiry+int64(time.Second)-e.clock())/int64(time.Millisecond))+1)
-		n, err := unix.EpollWait(e.epfd, events, timeout)
-		if errors.Is(err, unix.EINTR) {
-			n, err = 0, nil
-		}
-		if err != nil {
-			return fmt.Errorf("epoll_wait: %w", err)
-		}
-		for i := 0; i < n; i++ {
-			ev := &events[i]
-			kind := int(ev.Pad) >> 28
-			switch kind {
-			case kindWake:
-				if e.stopping.Load() {
-					return nil
-				}
-				e.serveRequests()
-			case kindListener:
-				l := &e.lst[ev.Fd]
-				if l.fd >= 0 && ev.Events&unix.EPOLLERR != 0 {
-					e.listenerErrors(l)
-				}
-				if l.fd >= 0 && ev.Events&unix.EPOLLIN != 0 {
-					e.fromListener(l)
-				}
-			case kindReply:
-				e.fromReply(ev.Fd, uint8(ev.Pad>>27&1), uint32(ev.Pad)&genMask, ev.Events)
-			}
-		}
-		now := e.clock()
-		pace.Tick(now)
-		if now-lastExpiry >= int64(time.Second) {
-			e.expire(now)
-			lastExpiry = now
-		}
+// listenerEvent handles epoll events on listener r.Index.
+func (e *Engine) listenerEvent(r evloop.Ref, ev uint32) {
+	l := &e.lst[r.Index]
+	if l.fd >= 0 && ev&unix.EPOLLERR != 0 {
+		e.listenerErrors(l)
+	}
+	if l.fd >= 0 && ev&unix.EPOLLIN != 0 {
+		e.fromListener(l)
 	}
 }
 
@@ -480,8 +321,8 @@ func (e *Engine) Run() error {
 // same addresses and ports that follow each other go out together.
 func (e *Engine) HandleTap(pkts []*packet.Parsed) {
 	now := e.clock()
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.tab.Mu.Lock()
+	defer e.tab.Mu.Unlock()
 	for i := 0; i < len(pkts); {
 		p := pkts[i]
 		j := i + 1
@@ -493,31 +334,6 @@ func (e *Engine) HandleTap(pkts []*packet.Parsed) {
 	}
 }
 
-// Expired (called by the tap reader) answers a datagram from the guest
-// whose TTL or hop limit would
-// run out at its gateway, as a router does: with an ICMP time-exceeded
-// error from the gateway address. It reports whether it consumed p.
-// Datagrams to the host itself (the gateway and the other addresses that
-// stand for it) have arrived and are not expired.
-func (e *Engine) Expired(p *packet.Parsed) bool {
-	// No ICMP errors about multicast or broadcast, nor to a source that
-	// is not a single host (RFC 1812 4.3.2.7, RFC 4443 2.4): those are
-	// dropped later, and counted.
-	if p.HopLimit > 1 || e.cfg.Rules.StandsForHost(p.Dst4) || p.Dst4.IsMulticast() ||
-		p.Dst4 == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || !e.cfg.Rules.GuestSource(p.Src4) {
-		return false
-	}
-	from := e.cfg.Router6
-	if p.Src4.Is4() {
-		from = e.cfg.Router4
-	}
-	if !from.IsValid() {
-		return false
-	}
-	e.icmpFrom(from, p.Src4, p.L3, 11, 3) // time exceeded in transit (v4 11/0, v6 3/0)
-	return true
-}
-
 func sameTuple(a, b *packet.Parsed) bool {
 	return a.SrcPort == b.SrcPort && a.DstPort == b.DstPort && a.Src4 == b.Src4 && a.Dst4 == b.Dst4
 }
@@ -525,7 +341,7 @@ func sameTuple(a, b *packet.Parsed) bool {
 // tapGroup sends datagrams of one flow from the guest. Called with mu held.
 func (e *Engine) tapGroup(g []*packet.Parsed, now int64) {
 	p := g[0]
-	key := flow.Key{PIF: flow.PIFTap, EAddr: p.Src4, EPort: p.SrcPort, FAddr: p.Dst4, FPort: p.DstPort}
+	key := flow.Key{Type: flow.TypeUDP, PIF: flow.PIFTap, EAddr: p.Src4, EPort: p.SrcPort, FAddr: p.Dst4, FPort: p.DstPort}
 	ref, ok := e.tab.Lookup(key)
 	if !ok {
 		ref = e.newFromTap(flow.Side{EAddr: p.Src4, EPort: p.SrcPort, FAddr: p.Dst4, FPort: p.DstPort}, now)
@@ -555,8 +371,8 @@ func (e *Engine) tapGroup(g []*packet.Parsed, now int64) {
 			log.Debugf("UDP flow %d: send to %s: %d of %d datagrams dropped: %v", ref.Index, f.PIF[to], total-sent, total, err)
 		}
 	}
-	e.st.UDPToHost.Add(uint64(sent))
-	e.st.UDPToHostBytes.Add(uint64(bytes))
+	e.ps.ToHost.Add(uint64(sent))
+	e.ps.ToHostBytes.Add(uint64(bytes))
 }
 
 // newFromTap creates a flow for a datagram the guest sent, with a reply
@@ -590,17 +406,16 @@ func (e *Engine) newFromTap(ini flow.Side, now int64) flow.Ref {
 		enableGRO(fd)
 	}
 	tgt.FPort = local.Port()
-	f.PIF = [2]flow.PIF{flow.PIFTap, flow.PIFHost}
-	f.Side = [2]flow.Side{ini, tgt}
+	f.SetIni(flow.TypeUDP, flow.PIFTap, ini)
+	f.SetTgt(flow.PIFHost, tgt)
 	f.Sock[flow.Tgt], f.Connected[flow.Tgt] = fd, true
 	f.LastSeen = now
-	ev := evData(kindReply, flow.Tgt, idx, f.Gen)
-	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := e.loop.Add(fd, unix.EPOLLIN, evloop.Ref{Kind: e.kRepl, Side: flow.Tgt, Index: idx, Gen: f.Gen}); err != nil {
 		e.closeFlow(idx, f)
 		e.st.Drop(stats.DropSockErr)
 		return flow.NoRef
 	}
-	if err := e.tab.Insert(flow.Ref{Index: idx, Side: flow.Ini}); err != nil {
+	if err := e.tab.Activate(idx, flow.Ini); err != nil {
 		e.closeFlow(idx, f)
 		return flow.NoRef
 	}
@@ -633,8 +448,7 @@ func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Re
 		e.st.Drop(stats.DropTableFull)
 		return flow.NoRef
 	}
-	f.PIF = [2]flow.PIF{l.pif, tgtPIF}
-	f.Side = [2]flow.Side{ini, tgt}
+	f.SetIni(flow.TypeUDP, l.pif, ini)
 	f.LastSeen = now
 	dup, err := unix.FcntlInt(uintptr(l.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
@@ -647,6 +461,7 @@ func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Re
 	}
 	f.Sock[flow.Ini] = dup
 	e.hold(dup, 1)
+	f.SetTgt(tgtPIF, tgt)
 	sides := []uint8{flow.Ini, flow.Tgt}
 	if tgtPIF != flow.PIFTap {
 		// The target is a socket of its own, bound to the sender's
@@ -670,31 +485,28 @@ func (e *Engine) newFromHost(l *listener, src netip.AddrPort, now int64) flow.Re
 		}
 		f.Side[flow.Tgt].FAddr, f.Side[flow.Tgt].FPort = local.Addr(), local.Port()
 		f.Sock[flow.Tgt], f.Connected[flow.Tgt] = fd, true
-		ev := evData(kindReply, flow.Tgt, idx, f.Gen)
-		if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		if err := e.loop.Add(fd, unix.EPOLLIN, evloop.Ref{Kind: e.kRepl, Side: flow.Tgt, Index: idx, Gen: f.Gen}); err != nil {
 			e.closeFlow(idx, f)
 			e.st.Drop(stats.DropSockErr)
 			return flow.NoRef
 		}
 		sides = sides[:1]
 	}
-	for _, side := range sides {
-		if err := e.tab.Insert(flow.Ref{Index: idx, Side: side}); err != nil {
-			log.Debugf("UDP: %s: %v", f, err)
-			e.closeFlow(idx, f)
-			e.st.Drop(stats.DropNoFlow)
-			return flow.NoRef
-		}
+	if err := e.tab.Activate(idx, sides...); err != nil {
+		log.Debugf("UDP: %s: %v", f, err)
+		e.closeFlow(idx, f)
+		e.st.Drop(stats.DropNoFlow)
+		return flow.NoRef
 	}
 	e.created(idx, f)
 	return flow.Ref{Index: idx, Side: flow.Ini}
 }
 
 func (e *Engine) created(idx int32, f *flow.Flow) {
-	e.st.FlowsCreated.Add(1)
-	e.st.ActiveFlows.Add(1)
+	e.ps.FlowsCreated.Add(1)
+	e.ps.Active.Add(1)
 	if isSplice(f) {
-		e.st.ActiveSplice.Add(1)
+		e.ps.ActiveSplice.Add(1)
 	}
 	if log.Enabled(log.LevelDebug) {
 		log.Debugf("UDP flow %d: new: %s", idx, f)
@@ -730,7 +542,7 @@ func (e *Engine) closeFlow(idx int32, f *flow.Flow) {
 			continue
 		}
 		if f.Connected[side] {
-			_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+			e.loop.Del(fd)
 		}
 		e.hold(fd, -1)
 		unix.Close(fd)
@@ -741,9 +553,9 @@ func (e *Engine) closeFlow(idx int32, f *flow.Flow) {
 
 // expire closes flows idle for longer than their timeout. Called from Run.
 func (e *Engine) expire(now int64) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.tab.Each(func(i int32, f *flow.Flow) {
+	e.tab.Mu.Lock()
+	defer e.tab.Mu.Unlock()
+	e.tab.EachOf(flow.TypeUDP, func(i int32, f *flow.Flow) {
 		limit := e.cfg.Timeout
 		if f.Seen[flow.Ini] && f.Seen[flow.Tgt] {
 			limit = e.cfg.StreamTimeout
@@ -755,11 +567,11 @@ func (e *Engine) expire(now int64) {
 			log.Debugf("UDP flow %d: expired: %s", i, f)
 		}
 		if isSplice(f) {
-			e.st.ActiveSplice.Add(-1)
+			e.ps.ActiveSplice.Add(-1)
 		}
 		e.closeFlow(i, f)
-		e.st.FlowsExpired.Add(1)
-		e.st.ActiveFlows.Add(-1)
+		e.ps.FlowsExpired.Add(1)
+		e.ps.Active.Add(-1)
 	})
 }
 
@@ -807,10 +619,10 @@ func (e *Engine) fromListener(l *listener) {
 		return
 	}
 	now := e.clock()
-	e.mu.Lock()
+	e.tab.Mu.Lock()
 	for i := 0; i < n; i++ {
 		src := getSockaddr(&e.rx.names[i])
-		key := flow.Key{PIF: l.pif, EAddr: src.Addr(), EPort: src.Port(), FAddr: l.addr, FPort: l.port}
+		key := flow.Key{Type: flow.TypeUDP, PIF: l.pif, EAddr: src.Addr(), EPort: src.Port(), FAddr: l.addr, FPort: l.port}
 		ref, ok := e.tab.Lookup(key)
 		if !ok {
 			ref = e.newFromHost(l, src, now)
@@ -824,7 +636,7 @@ func (e *Engine) fromListener(l *listener) {
 		f.Seen[ref.Side] = true
 		e.rx.dst[i] = destOf(f, ref.Index, ref.Side^1)
 	}
-	e.mu.Unlock()
+	e.tab.Mu.Unlock()
 	e.forward(n)
 }
 
@@ -844,13 +656,13 @@ func destOf(f *flow.Flow, idx int32, to uint8) dest {
 // frames to the guest (in one batch), runs of datagrams of one flow to its
 // socket (in one sendmmsg).
 func (e *Engine) forward(n int) {
-	mac := e.cfg.Guest.MAC()
+	mac := e.out.GuestMAC()
 	for i := 0; i < n; {
 		d := &e.rx.dst[i]
 		switch d.kind {
 		case toTap:
 			j := i + 1
-			if e.seg != nil {
+			if e.seg {
 				j = e.tapRun(i, n)
 				if (j-i > 1 || e.rx.seg[i] > 0) && e.toTapSegmented(i, j, &d.side, mac) {
 					i = j
@@ -891,21 +703,21 @@ func (e *Engine) toSocket(i, j int, d *dest) {
 	if sent < total {
 		e.st.Drops[stats.DropSockErr].Add(uint64(total - sent))
 	}
-	e.st.UDPSpliced.Add(uint64(sent))
-	e.st.UDPSplicedBytes.Add(uint64(bytes))
+	e.ps.Spliced.Add(uint64(sent))
+	e.ps.SplicedBytes.Add(uint64(bytes))
 }
 
 // fromReply forwards what the reply socket of side `side` of flow idx
 // received.
 func (e *Engine) fromReply(idx int32, side uint8, gen uint32, events uint32) {
-	e.mu.Lock()
+	e.tab.Mu.Lock()
 	f := e.tab.At(idx)
-	if !f.InUse() || f.Gen&genMask != gen {
-		e.mu.Unlock()
+	if !f.InUse() || f.Type != flow.TypeUDP || !evloop.SameGen(f.Gen, gen) {
+		e.tab.Mu.Unlock()
 		return
 	}
 	fd := f.Sock[side]
-	e.mu.Unlock()
+	e.tab.Mu.Unlock()
 
 	if events&unix.EPOLLERR != 0 {
 		// Errors first: a pending one would fail the receive.
@@ -917,10 +729,10 @@ func (e *Engine) fromReply(idx int32, side uint8, gen uint32, events uint32) {
 		return
 	}
 	now := e.clock()
-	e.mu.Lock()
+	e.tab.Mu.Lock()
 	f.LastSeen = now
 	f.Seen[side] = true
-	e.mu.Unlock()
+	e.tab.Mu.Unlock()
 	d := destOf(f, idx, side^1)
 	for i := 0; i < n; i++ {
 		e.rx.dst[i] = d
@@ -937,14 +749,18 @@ func (e *Engine) toTap(buf []byte, plen int, to *flow.Side, mac packet.MAC) {
 	}
 	// Fragments need the whole checksum; other frames leave it to the
 	// guest's kernel where the guest takes offloads.
-	fragment := to.EAddr.Is4() && e.cfg.MTU > 0 && packet.IPv4Len+packet.UDPLen+plen > e.cfg.MTU
-	start := e.putHeaders(buf, plen, to, mac, e.seg != nil && !fragment)
+	fragment := to.EAddr.Is4() && e.out.NeedsFragments(packet.IPv4Len+packet.UDPLen+plen)
+	start := e.putHeaders(buf, plen, to, mac, e.seg && !fragment)
 	frame := buf[start : packet.MaxHeadroom+plen]
 	if fragment {
-		e.fragmentToTap(frame)
+		e.flush()
+		if e.out.Fragment(frame) {
+			e.ps.ToTap.Add(1)
+			e.ps.ToTapBytes.Add(uint64(plen))
+		}
 		return
 	}
-	e.rx.out = append(e.rx.out, frame)
+	e.out.Queue(frame, packet.MaxHeadroom-start)
 }
 
 // putHeaders writes the Ethernet, IP and UDP headers for plen payload
@@ -962,7 +778,7 @@ func (e *Engine) putHeaders(buf []byte, plen int, to *flow.Side, mac packet.MAC,
 		put = packet.PutUDP6Partial
 	}
 	put(buf[start+packet.EthLen:], to.FAddr, to.EAddr, to.FPort, to.EPort, plen)
-	packet.PutEthernet(buf[start:], mac, e.cfg.OurMAC, et)
+	e.out.PutEthernet(buf[start:], mac, et)
 	return start
 }
 
@@ -1006,7 +822,7 @@ func (e *Engine) segmentFits(size int, v4 bool) bool {
 	if v4 {
 		hdrs = packet.IPv4Len + packet.UDPLen
 	}
-	return e.cfg.MTU <= 0 || size+hdrs <= e.cfg.MTU
+	return !e.out.NeedsFragments(size + hdrs)
 }
 
 // toTapSegmented sends rx buffers i to j-1 (a run found by tapRun, or one
@@ -1031,20 +847,14 @@ func (e *Engine) toTapSegmented(i, j int, to *flow.Side, mac packet.MAC) bool {
 	}
 	start := e.putHeaders(buf, plen, to, mac, true)
 	e.flush() // frames queued before go first
-	ok, err := e.seg.WriteSegmented(buf[start:packet.MaxHeadroom+first], packet.MaxHeadroom-start, seg, more)
+	ok, sent := e.out.WriteSegmented(buf[start:packet.MaxHeadroom+first], packet.MaxHeadroom-start, seg, tap.GSOUDPL4, more, count)
 	if !ok {
 		return false
 	}
-	if err != nil {
-		e.st.Drops[stats.DropTapWrite].Add(uint64(count))
-		if log.Enabled(log.LevelDebug) {
-			log.Debugf("UDP: tap write: segmented frame of %d datagrams dropped: %v", count, err)
-		}
-		return true
+	if sent {
+		e.ps.ToTap.Add(uint64(count))
+		e.ps.ToTapBytes.Add(uint64(plen))
 	}
-	e.st.UDPToTap.Add(uint64(count))
-	e.st.UDPToTapBytes.Add(uint64(plen))
-	e.st.TapTxFrames.Add(1)
 	return true
 }
 
@@ -1063,96 +873,9 @@ func (e *Engine) splitToTap(i int, to *flow.Side, mac packet.MAC) {
 	}
 }
 
-// fragmentToTap sends an IPv4 frame larger than the guest's MTU as
-// fragments, after the frames queued before it.
-func (e *Engine) fragmentToTap(frame []byte) {
-	e.flush()
-	if e.frag == nil {
-		e.frag = make([]byte, packet.EthLen+e.cfg.MTU)
-	}
-	hdr := frame[packet.EthLen : packet.EthLen+packet.IPv4Len]
-	data := frame[packet.EthLen+packet.IPv4Len:]
-	chunk := (e.cfg.MTU - packet.IPv4Len) &^ 7
-	e.fragID++
-	sent := 0
-	for off := 0; off < len(data); off += chunk {
-		end := min(off+chunk, len(data))
-		b := e.frag[:packet.EthLen+packet.IPv4Len+end-off]
-		copy(b, frame[:packet.EthLen])
-		h := b[packet.EthLen : packet.EthLen+packet.IPv4Len]
-		copy(h, hdr)
-		binary.BigEndian.PutUint16(h[2:4], uint16(packet.IPv4Len+end-off))
-		binary.BigEndian.PutUint16(h[4:6], e.fragID)
-		fo := uint16(off / 8)
-		if end < len(data) {
-			fo |= 0x2000 // more fragments
-		}
-		binary.BigEndian.PutUint16(h[6:8], fo)
-		h[10], h[11] = 0, 0
-		binary.BigEndian.PutUint16(h[10:12], packet.Fold(packet.Sum(h, 0)))
-		copy(b[packet.EthLen+packet.IPv4Len:], data[off:end])
-		if err := e.cfg.Tap.WriteFrame(b); err != nil {
-			e.st.Drop(stats.DropTapWrite)
-			return
-		}
-		sent++
-	}
-	e.st.UDPToTap.Add(1)
-	e.st.UDPToTapBytes.Add(uint64(len(data) - packet.UDPLen))
-	e.st.TapTxFrames.Add(uint64(sent))
-}
-
-// flush writes the queued frames to the guest: with one call where the
-// endpoint can take a batch, one by one otherwise.
+// flush writes the queued frames to the guest.
 func (e *Engine) flush() {
-	out := e.rx.out
-	e.rx.out = e.rx.out[:0]
-	if len(out) == 0 {
-		return
-	}
-	var sent int
-	var bytes uint64
-	var err error
-	if e.seg != nil {
-		// Built by toTap with partial checksums.
-		for _, f := range out {
-			if _, werr := e.seg.WritePartial(f, len(f)-payloadLen(f)); werr != nil {
-				err = werr
-				continue
-			}
-			sent++
-			bytes += uint64(payloadLen(f))
-		}
-	} else if bw, ok := e.cfg.Tap.(BatchWriter); ok && len(out) > 1 {
-		sent, err = bw.WriteFrames(out)
-		for _, f := range out[:sent] {
-			bytes += uint64(payloadLen(f))
-		}
-	} else {
-		for _, f := range out {
-			if werr := e.cfg.Tap.WriteFrame(f); werr != nil {
-				err = werr
-				continue
-			}
-			sent++
-			bytes += uint64(payloadLen(f))
-		}
-	}
-	if sent < len(out) {
-		e.st.Drops[stats.DropTapWrite].Add(uint64(len(out) - sent))
-		if log.Enabled(log.LevelDebug) {
-			log.Debugf("UDP: tap write: %d of %d frames dropped: %v", len(out)-sent, len(out), err)
-		}
-	}
-	e.st.UDPToTap.Add(uint64(sent))
-	e.st.UDPToTapBytes.Add(bytes)
-	e.st.TapTxFrames.Add(uint64(sent))
-}
-
-// payloadLen is the UDP payload length of a frame built by toTap.
-func payloadLen(f []byte) int {
-	if f[12] == 0x08 && f[13] == 0x00 {
-		return len(f) - packet.EthLen - packet.IPv4Len - packet.UDPLen
-	}
-	return len(f) - packet.EthLen - packet.IPv6Len - packet.UDPLen
+	sent, bytes := e.out.Flush()
+	e.ps.ToTap.Add(uint64(sent))
+	e.ps.ToTapBytes.Add(bytes)
 }

@@ -11,9 +11,12 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/gopasst/gopasst/internal/autoscan"
+	"github.com/gopasst/gopasst/internal/evloop"
+	"github.com/gopasst/gopasst/internal/flow"
 	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/packet"
 	"github.com/gopasst/gopasst/internal/stats"
+	"github.com/gopasst/gopasst/internal/toguest"
 )
 
 var (
@@ -33,27 +36,43 @@ func (f *fakeTap) WriteFrame(b []byte) error {
 	return nil
 }
 
+// testConfig is the configuration of an engine that writes to ep, with
+// a loop of its own (not running) and a flow table for 65536 flows.
+func testConfig(t *testing.T, ep toguest.FrameWriter, g *fwd.Guest, r *fwd.Rules, offload bool, fwds ...Forward) Config {
+	t.Helper()
+	loop, err := evloop.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &stats.Counters{}
+	return Config{Rules: r, Guest: g, Loop: loop, Flows: flow.NewTable(65536), Stats: st,
+		Out:      toguest.New(toguest.Config{EP: ep, Guest: g, OurMAC: ourMAC, Stats: st, Offload: offload}),
+		Forwards: fwds, Timeout: time.Minute, StreamTimeout: time.Minute, Offload: offload}
+}
+
+// run runs e's loop until the test ends.
+func run(t *testing.T, e *Engine) {
+	done := make(chan error)
+	go func() { done <- e.loop.Run() }()
+	t.Cleanup(func() {
+		e.loop.Close()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+		e.Release()
+	})
+}
+
 func newEngine(t *testing.T, fwds ...Forward) (*Engine, *fakeTap, *fwd.Guest) {
 	t.Helper()
 	tap := &fakeTap{frames: make(chan []byte, 256)}
 	g := fwd.NewGuest(guest4, guest6)
 	g.SeeMAC(packet.MAC(guestMAC))
-	e, err := New(Config{
-		Rules: &fwd.Rules{MapHostLoopback4: gw4, MapHostLoopback6: gw6, IPv4: true, IPv6: true},
-		Guest: g, OurMAC: ourMAC, Tap: tap, Stats: &stats.Counters{}, Forwards: fwds,
-		Timeout: time.Minute, StreamTimeout: time.Minute,
-	})
+	e, err := New(testConfig(t, tap, g, &fwd.Rules{MapHostLoopback4: gw4, MapHostLoopback6: gw6, IPv4: true, IPv6: true}, false, fwds...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error)
-	go func() { done <- e.Run() }()
-	t.Cleanup(func() {
-		e.Close()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	run(t, e)
 	return e, tap, g
 }
 
@@ -216,7 +235,7 @@ func TestGuestToLoopbackEcho(t *testing.T) {
 // goes back to the sender.
 func TestForwardToGuest(t *testing.T) {
 	lport := freePort(t)
-	e, tap, _ := newEngine(t, Forward{Addr: netip.MustParseAddr("127.0.0.1"), Port: lport, ToPort: 8053})
+	e, tap, _ := newEngine(t, Forward{Proto: fwd.UDP, Addr: netip.MustParseAddr("127.0.0.1"), Port: lport, ToPort: 8053})
 	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), lport)))
 	if err != nil {
 		t.Fatal(err)
@@ -282,7 +301,7 @@ func TestHandleTapAllocs(t *testing.T) {
 func TestAddRemoveForward(t *testing.T) {
 	e, tap, _ := newEngine(t)
 	lo := netip.MustParseAddr("127.0.0.1")
-	f := Forward{Addr: lo, Port: freePort(t), ToPort: 9999}
+	f := Forward{Proto: fwd.UDP, Addr: lo, Port: freePort(t), ToPort: 9999}
 	if err := e.AddForward(f); err != nil {
 		t.Fatal(err)
 	}
@@ -369,12 +388,8 @@ func TestBatchWrite(t *testing.T) {
 	g.SeeMAC(packet.MAC(guestMAC))
 	lo := netip.MustParseAddr("127.0.0.1")
 	port := freePort(t)
-	e, err := New(Config{
-		Rules: &fwd.Rules{MapHostLoopback4: gw4, IPv4: true, IPv6: true},
-		Guest: g, OurMAC: ourMAC, Tap: tap, Stats: &stats.Counters{},
-		Forwards: []Forward{{Addr: lo, Port: port, ToPort: 9053}},
-		Timeout:  time.Minute, StreamTimeout: time.Minute,
-	})
+	e, err := New(testConfig(t, tap, g, &fwd.Rules{MapHostLoopback4: gw4, IPv4: true, IPv6: true}, false,
+		Forward{Proto: fwd.UDP, Addr: lo, Port: port, ToPort: 9053}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,9 +404,7 @@ func TestBatchWrite(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	done := make(chan error)
-	go func() { done <- e.Run() }()
-	defer func() { e.Close(); <-done }()
+	run(t, e)
 	select {
 	case n := <-tap.batches:
 		if n != 10 {
@@ -424,15 +437,12 @@ func TestToGuestAllocs(t *testing.T) {
 	tap := &countTap{}
 	g := fwd.NewGuest(guest4, guest6)
 	g.SeeMAC(packet.MAC(guestMAC))
-	e, err := New(Config{
-		Rules: &fwd.Rules{MapHostLoopback4: gw4, MapHostLoopback6: gw6, IPv4: true, IPv6: true},
-		Guest: g, OurMAC: ourMAC, Tap: tap, Stats: &stats.Counters{}, Forwards: []Forward{{Addr: lo, Port: port, ToPort: 8053}},
-		Timeout: time.Minute, StreamTimeout: time.Minute, Offload: true,
-	})
+	e, err := New(testConfig(t, tap, g, &fwd.Rules{MapHostLoopback4: gw4, MapHostLoopback6: gw6, IPv4: true, IPv6: true}, true,
+		Forward{Proto: fwd.UDP, Addr: lo, Port: port, ToPort: 8053}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(e.release)
+	t.Cleanup(e.Release)
 	l := &e.lst[0]
 	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(lo, port)))
 	if err != nil {

@@ -20,12 +20,22 @@ import (
 const usageText = `usage: udptool <command> [flags]
 
 commands:
-  echo -l ADDR:PORT [-count N] [-timeout D] [-v]
+  echo -l ADDR:PORT [-count N] [-timeout D] [-connect-first] [-no-pktinfo]
+       [-v]
         Bind ADDR:PORT, print "listen ADDR:PORT" and "ready", echo every
         datagram back to its sender (from the address it was sent to).
         -count N    exit 0 after N datagrams (0: unlimited)
         -timeout D  idle timeout (default 30s); exit 0 when idle if -count
                     is 0, exit 1 if fewer than N datagrams were echoed
+        -connect-first
+                    on the first datagram, connect() the socket to its
+                    sender and echo it and every later one with send/recv
+                    through the connected socket, as socat UDP-LISTEN and
+                    TFTP servers do: replies leave from the source the
+                    kernel picked at connect(); datagrams of other senders
+                    queued before connect() are dropped
+        -no-pktinfo on a wildcard ADDR, reply with a plain sendto() and let
+                    the kernel pick the source address
         -v          log every datagram on stderr
         On exit (count reached, idle, SIGTERM/SIGINT) print
         {"echoed":N,"peers":["ADDR:PORT",...]}.

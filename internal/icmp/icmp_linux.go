@@ -30,6 +30,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -113,12 +114,23 @@ func New(cfg Config) *Engine {
 			e.allowed[i] = true
 			continue
 		}
-		denied = append(denied, map[bool]string{true: "IPv4", false: "IPv6"}[i == 0]+": "+err.Error())
+		denied = append(denied, familyName(i)+": "+err.Error())
 	}
 	if len(denied) > 0 {
-		log.Warnf("ICMP echo: no ping sockets (%v): echo requests are dropped; net.ipv4.ping_group_range must include gopasst's group", denied)
+		e.warn(strings.Join(denied, ", "))
 	}
 	return e
+}
+
+func familyName(fam int) string {
+	if fam == 0 {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+func (e *Engine) warn(why string) {
+	log.Warnf("ICMP echo: no ping sockets (%s): echo requests are dropped; net.ipv4.ping_group_range must include gopasst's group", why)
 }
 
 func (e *Engine) socket(v4 bool) (int, error) {
@@ -163,11 +175,7 @@ func (e *Engine) HandleTap(pkts []*packet.Parsed) {
 			}
 			continue
 		}
-		fam := 0
-		if !p.Src4.Is4() {
-			fam = 1
-		}
-		if !e.allowed[fam] {
+		if !e.allowed[familyOf(p.Src4)] {
 			e.st.Drop(stats.DropNoPingSocket)
 			continue
 		}
@@ -219,6 +227,14 @@ func (e *Engine) newFlow(ini flow.Side, now int64) flow.Ref {
 	fd, local, err := e.connect(tgt)
 	if err != nil {
 		e.tab.Free(idx)
+		if fam := familyOf(tgt.EAddr); errors.Is(err, unix.EACCES) && e.allowed[fam] {
+			// Allowed at start, not to the user the data path runs
+			// as (--runas): from now on, as if never allowed.
+			e.allowed[fam] = false
+			e.warn(familyName(fam) + ": " + err.Error())
+			e.st.Drop(stats.DropNoPingSocket)
+			return flow.NoRef
+		}
 		e.st.Drop(stats.DropSockErr)
 		if log.Enabled(log.LevelDebug) {
 			log.Debugf("ICMP: no ping socket for %s: %v", ini, err)
@@ -282,6 +298,13 @@ func (e *Engine) connect(tgt flow.Side) (int, netip.AddrPort, error) {
 		return fd, netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)), nil
 	}
 	return fail(errors.New("unexpected socket address"))
+}
+
+func familyOf(a netip.Addr) int {
+	if a.Is4() {
+		return 0
+	}
+	return 1
 }
 
 func sockaddr(ap netip.AddrPort) unix.Sockaddr {

@@ -147,6 +147,9 @@ func run(cfg *conf.Config, sb *sandbox.Sandbox, protos []engine.Protocol) (int, 
 		ns, err = netns.Open(path)
 	} else {
 		ns, err = netns.New()
+		if err == nil && !cfg.NoICMP {
+			openPingSockets(ns)
+		}
 	}
 	if err != nil {
 		return 1, fmt.Errorf("network namespace: %w", err)
@@ -398,5 +401,18 @@ func waitTarget(watch *targetWatch, engErr chan error, sigs chan os.Signal) (int
 				return 0, nil
 			}
 		}
+	}
+}
+
+// openPingSockets lets root of a namespace pasta created open ping sockets
+// (net.ipv4.ping_group_range is per network namespace, and closed in a new
+// one), so that ping works there without raw sockets, as with the
+// reference.
+func openPingSockets(ns *netns.NS) {
+	err := ns.Do(func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 0"), 0)
+	})
+	if err != nil {
+		log.Debugf("namespace: ping sockets stay closed: %v", err)
 	}
 }

@@ -140,13 +140,16 @@ func (e *Engine) socket(v4 bool) (int, error) {
 	return e.cfg.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMPV6)
 }
 
-// checkRequest returns the identifier of msg, an echo request from src to
-// dst, or the reason to drop it.
-func checkRequest(msg []byte, src, dst netip.Addr) (uint16, stats.Reason, bool) {
+// checkRequest returns the identifier of msg, an echo request of IP
+// protocol proto from src to dst, or the reason to drop it.
+func checkRequest(msg []byte, proto uint8, src, dst netip.Addr) (uint16, stats.Reason, bool) {
+	v4 := src.Is4()
+	if v4 != (proto == packet.ProtoICMP) {
+		return 0, stats.DropUnsupported, false // ICMPv6 over IPv4, or ICMP over IPv6
+	}
 	if len(msg) < hdrLen {
 		return 0, stats.DropMalformed, false
 	}
-	v4 := src.Is4()
 	if v4 && (msg[0] != echoRequest4 || msg[1] != 0) || !v4 && (msg[0] != echoRequest6 || msg[1] != 0) {
 		return 0, stats.DropICMPType, false
 	}
@@ -167,7 +170,7 @@ func (e *Engine) HandleTap(pkts []*packet.Parsed) {
 	defer e.tab.Mu.Unlock()
 	for _, p := range pkts {
 		msg := p.L4
-		id, why, ok := checkRequest(msg, p.Src4, p.Dst4)
+		id, why, ok := checkRequest(msg, p.Proto, p.Src4, p.Dst4)
 		if !ok {
 			e.st.Drop(why)
 			if log.Enabled(log.LevelTrace) {

@@ -722,3 +722,26 @@ func TestReplyAllocs(t *testing.T) {
 		cfg.Loop.Discard()
 	}
 }
+
+// TestWrongProtocolNumber checks that ICMPv6 carried over IPv4 and ICMP
+// over IPv6 are dropped, even when the message inside is a valid echo
+// request of the other family.
+func TestWrongProtocolNumber(t *testing.T) {
+	enterNetns(t, pingAll)
+	e, tap := newEngine(t, 16, nil)
+	p4 := parsed(t, echoRequest(false, 7, 1, []byte("mismatch")), false)
+	p4.Proto = packet.ProtoICMPv6
+	p6 := parsed(t, echoRequest(true, 8, 1, []byte("mismatch")), true)
+	p6.Proto = packet.ProtoICMP
+	e.HandleTap([]*packet.Parsed{p4, p6})
+	if err := dropsOnly(e.st, map[stats.Reason]uint64{stats.DropUnsupported: 2}); err != nil {
+		t.Error(err)
+	}
+	if n := e.tab.Len(); n != 0 || e.st.ICMP.ToHost.Load() != 0 {
+		t.Errorf("%d flows, %d requests sent, want none", n, e.st.ICMP.ToHost.Load())
+	}
+	time.Sleep(100 * time.Millisecond)
+	if f := tap.take(); len(f) != 0 {
+		t.Errorf("%d frames to the guest, want none", len(f))
+	}
+}

@@ -61,15 +61,14 @@ func inFuzzNS(fn func()) error {
 
 // echoResult is what one input did to an engine of its own.
 type echoResult struct {
-	err          error
-	panicked     any
-	stack        []byte
-	flows        int // flows after HandleTap
-	found        bool
-	deliverErr   error
-	flowsCreated uint64
-	frames       [][]byte
-	st           *stats.Counters
+	err        error
+	panicked   any
+	stack      []byte
+	flows      int // flows after HandleTap
+	found      bool
+	deliverErr error
+	frames     [][]byte
+	st         *stats.Counters
 }
 
 // echoOnce hands p, carrying msg, to a new engine, and the reply its

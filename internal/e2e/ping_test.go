@@ -23,6 +23,7 @@ import (
 
 	"github.com/gopasst/gopasst/internal/e2e/sandbox"
 	"github.com/gopasst/gopasst/internal/e2e/watch"
+	"github.com/gopasst/gopasst/internal/wirecheck"
 )
 
 // ICMP echo (ping) through gopasst: the guest's echo requests leave from
@@ -82,21 +83,6 @@ func pingPayload(dst netip.Addr, id, seq uint16, size int) []byte {
 		b[i] = byte(r.Uint32())
 	}
 	return b
-}
-
-// inetChecksum is the Internet checksum of b.
-func inetChecksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return ^uint16(s)
 }
 
 type pinger struct {
@@ -201,7 +187,7 @@ func runPinger(p pinger, all []pinger, count, size int) (pingResult, error) {
 			payload := pingPayload(p.dst, p.id, seq, size)
 			msg := append([]byte{reqType, 0, 0, 0, byte(p.id >> 8), byte(p.id), byte(seq >> 8), byte(seq)}, payload...)
 			if !p.dst.Is6() {
-				binary.BigEndian.PutUint16(msg[2:], inetChecksum(msg)) // ICMPv6: the kernel sums
+				binary.BigEndian.PutUint16(msg[2:], wirecheck.Checksum(msg)) // ICMPv6: the kernel sums
 			}
 			mu.Lock()
 			sent[seq] = payload
@@ -286,7 +272,7 @@ func runPinger(p pinger, all []pinger, count, size int) (pingResult, error) {
 			bad("duplicate reply id %#x seq %d", id, seq)
 		case msg[1] != 0:
 			bad("reply id %#x seq %d: code %d", id, seq, msg[1])
-		case !p.dst.Is6() && inetChecksum(msg) != 0:
+		case !p.dst.Is6() && wirecheck.Checksum(msg) != 0:
 			bad("reply id %#x seq %d: bad ICMP checksum %#04x", id, seq, binary.BigEndian.Uint16(msg[2:]))
 		case !bytes.Equal(msg[8:], want):
 			bad("reply id %#x seq %d: payload of %d bytes differs from the %d sent", id, seq, len(msg)-8, len(want))
@@ -787,7 +773,7 @@ func TestPingPasst(t *testing.T) {
 			crossIP = &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv4, SrcIP: g.ip6.AsSlice(), DstIP: f.gw.AsSlice()}
 			et = layers.EthernetTypeIPv6
 		}
-		binary.BigEndian.PutUint16(cross[2:], inetChecksum(cross))
+		binary.BigEndian.PutUint16(cross[2:], wirecheck.Checksum(cross))
 		bads = append(bads, badFrame{f.name + " carrying the other family's ICMP", cDropUnsupp,
 			frame(t, g.eth(et, gwMAC), crossIP, gopacket.Payload(cross))})
 	}
@@ -827,14 +813,14 @@ func rawICMP(t *testing.T, g *fakeGuest, dst netip.Addr, msg []byte) []byte {
 	msg = bytes.Clone(msg)
 	binary.BigEndian.PutUint16(msg[2:], 0)
 	if dst.Is4() {
-		binary.BigEndian.PutUint16(msg[2:], inetChecksum(msg))
+		binary.BigEndian.PutUint16(msg[2:], wirecheck.Checksum(msg))
 		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: g.ip4.AsSlice(), DstIP: dst.AsSlice()}
 		return frame(t, g.eth(layers.EthernetTypeIPv4, gwMAC), ip, gopacket.Payload(msg))
 	}
 	src := g.ip6.As16()
 	d := dst.As16()
 	pseudo := append(append(append([]byte{}, src[:]...), d[:]...), 0, 0, byte(len(msg)>>8), byte(len(msg)), 0, 0, 0, 58)
-	binary.BigEndian.PutUint16(msg[2:], inetChecksum(append(pseudo, msg...)))
+	binary.BigEndian.PutUint16(msg[2:], wirecheck.Checksum(append(pseudo, msg...)))
 	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6, SrcIP: g.ip6.AsSlice(), DstIP: dst.AsSlice()}
 	return frame(t, g.eth(layers.EthernetTypeIPv6, gwMAC), ip, gopacket.Payload(msg))
 }

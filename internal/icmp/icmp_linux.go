@@ -40,6 +40,7 @@ import (
 	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/packet"
+	"github.com/gopasst/gopasst/internal/sockaddr"
 	"github.com/gopasst/gopasst/internal/stats"
 	"github.com/gopasst/gopasst/internal/toguest"
 )
@@ -284,23 +285,17 @@ func (e *Engine) connect(tgt flow.Side) (int, netip.AddrPort, error) {
 			return fail(err)
 		}
 	}
-	if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(tgt.FAddr, 0))); err != nil {
+	if err := unix.Bind(fd, sockaddr.From(netip.AddrPortFrom(tgt.FAddr, 0))); err != nil {
 		return fail(err)
 	}
-	if err := unix.Connect(fd, sockaddr(netip.AddrPortFrom(tgt.EAddr, 0))); err != nil {
+	if err := unix.Connect(fd, sockaddr.From(netip.AddrPortFrom(tgt.EAddr, 0))); err != nil {
 		return fail(err)
 	}
-	sa, err := unix.Getsockname(fd)
+	local, err := sockaddr.Local(fd)
 	if err != nil {
 		return fail(err)
 	}
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return fd, netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)), nil
-	case *unix.SockaddrInet6:
-		return fd, netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)), nil
-	}
-	return fail(errors.New("unexpected socket address"))
+	return fd, local, nil
 }
 
 func familyOf(a netip.Addr) int {
@@ -308,13 +303,6 @@ func familyOf(a netip.Addr) int {
 		return 0
 	}
 	return 1
-}
-
-func sockaddr(ap netip.AddrPort) unix.Sockaddr {
-	if ap.Addr().Is4() {
-		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	}
-	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
 }
 
 // event reads the replies that arrived on a flow's ping socket and sends

@@ -6,6 +6,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasst/gopasst/internal/sockaddr"
 )
 
 // putSockaddr writes ap into sa as a sockaddr_in or sockaddr_in6 and returns
@@ -37,25 +39,6 @@ func getSockaddr(sa *unix.RawSockaddrInet6) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), port)
 	}
 	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
-}
-
-// getSockaddrAny converts what getsockname returned, or returns def for
-// another family.
-func getSockaddrAny(sa unix.Sockaddr, def netip.AddrPort) netip.AddrPort {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
-	}
-	return def
-}
-
-func sockaddr(ap netip.AddrPort) unix.Sockaddr {
-	if ap.Addr().Is4() {
-		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	}
-	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
 }
 
 func recvmmsg(fd int, msgs []unix.Mmsghdr) (int, error) {
@@ -119,7 +102,7 @@ func listenSocket(mk SocketFunc, addr netip.Addr, port uint16, ifname string) (i
 	if err != nil {
 		return -1, err
 	}
-	if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(addr, port))); err != nil {
+	if err := unix.Bind(fd, sockaddr.From(netip.AddrPortFrom(addr, port))); err != nil {
 		unix.Close(fd)
 		return -1, err
 	}
@@ -135,20 +118,20 @@ func replySocket(mk SocketFunc, local, remote netip.AddrPort, ifname string, hol
 		return -1, netip.AddrPort{}, err
 	}
 	hold(fd, 1)
-	err = unix.Bind(fd, sockaddr(local))
+	err = unix.Bind(fd, sockaddr.From(local))
 	if err != nil && local.Port() != 0 && (errors.Is(err, unix.EADDRINUSE) || errors.Is(err, unix.EACCES)) {
-		err = unix.Bind(fd, sockaddr(netip.AddrPortFrom(local.Addr(), 0)))
+		err = unix.Bind(fd, sockaddr.From(netip.AddrPortFrom(local.Addr(), 0)))
 	}
 	if err == nil {
-		err = unix.Connect(fd, sockaddr(remote))
+		err = unix.Connect(fd, sockaddr.From(remote))
 	}
 	if err != nil {
 		hold(fd, -1)
 		unix.Close(fd)
 		return -1, netip.AddrPort{}, err
 	}
-	if sa, err := unix.Getsockname(fd); err == nil {
-		local = getSockaddrAny(sa, local)
+	if got, err := sockaddr.Local(fd); err == nil {
+		local = got
 	}
 	// Anything that arrived between bind and connect came from another
 	// peer: it is not part of this flow.

@@ -65,8 +65,9 @@ func runTests(m *testing.M) int {
 	binDir = dir
 	gopasst = filepath.Join(dir, "gopasst")
 	udptool = filepath.Join(dir, "udptool")
+	tcptool = filepath.Join(dir, "tcptool")
 	gopasstPlain = gopasst
-	bins := map[string]string{gopasst: "github.com/gopasst/gopasst/cmd/gopasst", udptool: sandbox.UdptoolPackage}
+	bins := map[string]string{gopasst: "github.com/gopasst/gopasst/cmd/gopasst", udptool: sandbox.UdptoolPackage, tcptool: tcptoolPackage}
 	if raceBuild {
 		gopasstPlain = filepath.Join(dir, "gopasst-plain")
 		bins[gopasstPlain] = "github.com/gopasst/gopasst/cmd/gopasst"
@@ -421,15 +422,20 @@ func TestCLIErrors(t *testing.T) {
 	}
 }
 
-// TestTCPWarning checks that -t prints a warning that TCP is not there yet,
-// and that the command still runs.
+// TestTCPWarning checks that -T prints a warning that TCP splice is not
+// there yet, that -t does not, and that the command still runs.
 func TestTCPWarning(t *testing.T) {
 	sb := sandbox.New(t)
 	// Without ICMP, whose warning about ping sockets the sandbox's
 	// closed ping_group_range would add.
-	p := pasta(t, sb, []string{"-t", "8080", "--no-icmp"}, "true")
+	q := pasta(t, sb, []string{"-t", "8080", "--no-icmp"}, "true")
+	wait(t, q, 0)
+	if q.Stderr() != "" {
+		t.Errorf("-t: want no warning, got %q", q.Stderr())
+	}
+	p := pasta(t, sb, []string{"-T", "8080", "--no-icmp"}, "true")
 	wait(t, p, 0)
-	if !strings.Contains(p.Stderr(), "TCP forwarding is not implemented") || strings.Count(p.Stderr(), "\n") != 1 {
+	if !strings.Contains(p.Stderr(), "TCP splice is not implemented") || strings.Count(p.Stderr(), "\n") != 1 {
 		t.Fatalf("want one warning line, got %q", p.Stderr())
 	}
 }

@@ -284,9 +284,9 @@ func (e *Engine) readLoop() error {
 				continue
 			}
 			e.Guest.SeeMAC(p.Src)
-			p.GSOSize = 0
+			p.GSOSize, p.CsumPartial = 0, false
 			if seg != nil {
-				p.GSOSize = seg.SegmentSize(i)
+				p.GSOSize, p.CsumPartial = seg.SegmentSize(i), seg.ChecksumPartial(i)
 			}
 			if p.Fragment {
 				if whole := e.fragment(p); whole != nil {

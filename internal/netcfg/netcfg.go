@@ -68,9 +68,8 @@ type Net struct {
 	// advertised as), DNSHost4 and DNSHost6 where they go.
 	DNSMatch4, DNSMatch6 netip.Addr
 	DNSHost4, DNSHost6   netip.Addr
-	// Forwards are the -u (and, once served, -t) listening sockets,
-	// NSForwards the -U (-T) ones (in
-	// the namespace, on its loopback).
+	// Forwards are the -u and -t listening sockets, NSForwards the -U
+	// ones (in the namespace, on its loopback; -T waits for TCP splice).
 	Forwards, NSForwards []fwd.Forward
 	// Timeout and StreamTimeout expire UDP flows.
 	Timeout, StreamTimeout time.Duration
@@ -120,6 +119,7 @@ func Derive(cfg *conf.Config) (*Net, error) {
 		n.Timeout, n.StreamTimeout = cfg.UDPTimeout, cfg.UDPTimeout
 	}
 	n.Forwards = ExpandForwards(fwd.UDP, cfg.UDPFwd, n.IPv4, n.IPv6)
+	n.Forwards = append(n.Forwards, ExpandForwards(fwd.TCP, cfg.TCPFwd, n.IPv4, n.IPv6)...)
 	n.NSForwards = ExpandNSForwards(fwd.UDP, cfg.UDPNSFwd, n.IPv4, n.IPv6)
 	n.mappings(cfg)
 	n.dns(cfg)

@@ -111,6 +111,10 @@ type Parsed struct {
 	// segmentation offload sets it for a segmented frame, whose Payload
 	// holds many datagrams of GSOSize bytes (the last may be shorter).
 	GSOSize int
+	// CsumPartial is not set by Parse either: the reader of a tap with
+	// checksum offload sets it for a frame whose L4 checksum the sender
+	// left partial (the pseudo-header's sum), which cannot be checked.
+	CsumPartial bool
 }
 
 // Parse decodes the Ethernet, IP and (when present) UDP headers of frame

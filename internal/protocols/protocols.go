@@ -11,11 +11,12 @@ import (
 	"github.com/gopasst/gopasst/internal/fwd"
 	"github.com/gopasst/gopasst/internal/icmp"
 	"github.com/gopasst/gopasst/internal/packet"
+	"github.com/gopasst/gopasst/internal/tcp"
 	"github.com/gopasst/gopasst/internal/udp"
 )
 
 // All are the protocols gopasst serves, as engine.Build takes them.
-var All = []engine.Protocol{UDP, ICMP}
+var All = []engine.Protocol{UDP, TCP, ICMP}
 
 // UDP is UDP translation (package udp), off with --no-udp.
 var UDP = engine.Protocol{
@@ -40,5 +41,17 @@ var ICMP = engine.Protocol{
 	New: func(env *engine.Env) (engine.Handler, error) {
 		return icmp.New(icmp.Config{Rules: env.Rules, Guest: env.Guest, Loop: env.Loop, Flows: env.Flows,
 			Out: env.LoopOut, Stats: env.Stats}), nil
+	},
+}
+
+// TCP is TCP translation (package tcp), off with --no-tcp.
+var TCP = engine.Protocol{
+	Name:     "TCP",
+	IPProtos: []uint8{packet.ProtoTCP},
+	Forwards: fwd.TCP,
+	Off:      func(c *conf.Config) bool { return c.NoTCP },
+	New: func(env *engine.Env) (engine.Handler, error) {
+		return tcp.New(tcp.Config{Rules: env.Rules, Guest: env.Guest, Loop: env.Loop, Flows: env.Flows,
+			LoopOut: env.LoopOut, TapOut: env.TapOut, Stats: env.Stats, Forwards: env.Forwards, MTU: env.Conf.MTU})
 	},
 }

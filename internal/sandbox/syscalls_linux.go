@@ -9,6 +9,7 @@ import (
 // The allow-lists were measured: gopasst (default, pure-Go and race
 // builds) ran under "strace -f" through the end-to-end tests (pasta with
 // -u and -U forwards, splicing, auto forwarding, ICMP errors, fragments,
+// ICMP echo, TCP both ways with -t,
 // SIGUSR1 counters, flow expiry; passt with a fake guest and with qemu)
 // and through the cases they leave out (pasta attached to a named
 // namespace in the background, with -P, -l and --log-size, until the
@@ -93,14 +94,21 @@ func runtimeRules(pid uint32) []rule {
 
 // dataRules are the data path's calls in both modes.
 var dataRules = []rule{
-	// New flows: UDP sockets and ping sockets (ICMP echo: datagram
-	// sockets of IPPROTO_ICMP, IPPROTO_ICMPV6) over IPv4 and IPv6,
-	// nothing else (no raw, packet or netlink sockets).
+	// New flows: UDP sockets, ping sockets (ICMP echo: datagram
+	// sockets of IPPROTO_ICMP, IPPROTO_ICMPV6) and TCP sockets over IPv4
+	// and IPv6, nothing else (no raw, packet or netlink sockets). The
+	// kernel itself refuses the pairs left (a stream of ICMP, ...).
 	{nr: unix.SYS_SOCKET, name: "socket", conds: []cond{
 		argIn(0, unix.AF_INET, unix.AF_INET6),
-		argMasked(1, 0xf, unix.SOCK_DGRAM), // SOCK_TYPE_MASK
-		argIn(2, 0, unix.IPPROTO_UDP, unix.IPPROTO_ICMP, unix.IPPROTO_ICMPV6),
+		argMasked(1, 0xf, unix.SOCK_DGRAM, unix.SOCK_STREAM), // SOCK_TYPE_MASK
+		argIn(2, 0, unix.IPPROTO_UDP, unix.IPPROTO_TCP, unix.IPPROTO_ICMP, unix.IPPROTO_ICMPV6),
 	}},
+	allow(unix.SYS_LISTEN, "listen"),     // -t listeners, also opened by "auto"
+	allow(unix.SYS_ACCEPT4, "accept4"),   // TCP connections on -t ports; passt's next guest
+	allow(unix.SYS_SHUTDOWN, "shutdown"), // the guest's FIN; passt letting a guest go
+	// The room in a TCP socket's send buffer and what its receive queue
+	// holds, and nothing else ioctl(2) can do.
+	{nr: unix.SYS_IOCTL, name: "ioctl", conds: []cond{argIn(1, unix.TIOCOUTQ, unix.SIOCINQ)}},
 	allow(unix.SYS_BIND, "bind"),
 	allow(unix.SYS_CONNECT, "connect"),
 	allow(unix.SYS_GETSOCKNAME, "getsockname"),
@@ -118,12 +126,6 @@ var pastaRules = []rule{
 	allow(unix.SYS_NEWFSTATAT, "newfstatat"),               // is the target namespace there
 	allow(unix.SYS_WAITID, "waitid"),                       // the command's exit
 	allow(unix.SYS_PIDFD_SEND_SIGNAL, "pidfd_send_signal"), // signals for the command
-}
-
-// passtRules are passt's own calls.
-var passtRules = []rule{
-	allow(unix.SYS_ACCEPT4, "accept4"),   // the next guest
-	allow(unix.SYS_SHUTDOWN, "shutdown"), // letting a guest go
 }
 
 // exitRules are for waiting for the helper (or the command) at exit:
@@ -176,11 +178,8 @@ func rules(p profile) []rule {
 	add(runtimeRules(p.pid)...)
 	add(archRuntimeRules...)
 	add(dataRules...)
-	switch p.mode {
-	case Pasta:
+	if p.mode == Pasta {
 		add(pastaRules...)
-	case Passt:
-		add(passtRules...)
 	}
 	add(exitRules...)
 	return rs

@@ -35,11 +35,15 @@ const (
 	DropChecksum                   // L4 checksum wrong (where gopasst must check it)
 	DropICMPType                   // ICMP message from the guest that is not handled
 	DropNoPingSocket               // ICMP echo with ping sockets forbidden on the host
+	DropBadSegment                 // TCP segment with a bad header, flags or options
+	DropNoConn                     // TCP segment for no connection (answered with RST unless one)
+	DropOutOfWindow                // TCP segment or RST outside the window
 	NumReasons                     // number of reasons
 )
 
 var reasonNames = [NumReasons]string{"malformed", "no-flow", "table-full", "socket-error", "tap-write", "multicast", "unmappable",
-	"unsupported", "rate-limited", "fragment", "bad-source", "checksum", "icmp-type", "no-ping-socket"}
+	"unsupported", "rate-limited", "fragment", "bad-source", "checksum", "icmp-type", "no-ping-socket",
+	"tcp-bad-segment", "tcp-no-connection", "tcp-out-of-window"}
 
 // String names the reason.
 func (r Reason) String() string {
@@ -69,11 +73,15 @@ type Counters struct {
 	TapRxFrames atomic.Uint64 // frames read from the tap
 	TapTxFrames atomic.Uint64 // frames written to the tap
 	UDP         Proto
-	ICMP        Proto         // ICMP echo: requests to the host, replies to the guest
-	ICMPToGuest atomic.Uint64 // ICMP errors sent to the guest
-	FragmentsIn atomic.Uint64 // IP fragments from the guest
-	Reassembled atomic.Uint64 // datagrams reassembled from them
-	L2Replies   atomic.Uint64 // ARP and NDP replies sent
+	ICMP        Proto // ICMP echo: requests to the host, replies to the guest
+	TCP         Proto // TCP: segments with payload each way, connections
+	// TCPRetransmits counts retransmissions to the guest (timeouts and
+	// fast retransmits), TCPResets RSTs sent to the guest.
+	TCPRetransmits, TCPResets atomic.Uint64
+	ICMPToGuest               atomic.Uint64 // ICMP errors sent to the guest
+	FragmentsIn               atomic.Uint64 // IP fragments from the guest
+	Reassembled               atomic.Uint64 // datagrams reassembled from them
+	L2Replies                 atomic.Uint64 // ARP and NDP replies sent
 
 	Drops     [NumReasons]atomic.Uint64
 	Malformed [packet.NumDrops]atomic.Uint64
@@ -119,6 +127,16 @@ func (c *Counters) String() string {
 	line("icmp flows created", i.FlowsCreated.Load())
 	line("icmp flows expired", i.FlowsExpired.Load())
 	line("icmp flows active", i.Active.Load())
+	tc := &c.TCP
+	line("tcp segments to host", tc.ToHost.Load())
+	line("tcp bytes to host", tc.ToHostBytes.Load())
+	line("tcp segments to tap", tc.ToTap.Load())
+	line("tcp bytes to tap", tc.ToTapBytes.Load())
+	line("tcp retransmits to tap", c.TCPRetransmits.Load())
+	line("tcp resets to tap", c.TCPResets.Load())
+	line("tcp connections created", tc.FlowsCreated.Load())
+	line("tcp connections closed", tc.FlowsExpired.Load())
+	line("tcp connections active", tc.Active.Load())
 	for r := Reason(0); r < NumReasons; r++ {
 		line("drop "+r.String(), c.Drops[r].Load())
 	}

@@ -34,6 +34,7 @@ type Device struct {
 	rhdr      [][VnetHdrLen]byte
 	riov      [2]unix.Iovec
 	gso       []uint16
+	partial   []bool // per frame of the last batch: the L4 checksum is partial
 	wmu       sync.Mutex
 	whdr      [VnetHdrLen]byte
 	wiov      [MaxSegments + 1]unix.Iovec
@@ -120,6 +121,7 @@ func (d *Device) read(n int, buf []byte) (int, error) {
 	for len(d.rhdr) <= n {
 		d.rhdr = append(d.rhdr, [VnetHdrLen]byte{})
 		d.gso = append(d.gso, 0)
+		d.partial = append(d.partial, false)
 	}
 	r, err := d.readVnet(&d.rhdr[n], buf)
 	if err != nil {
@@ -128,6 +130,7 @@ func (d *Device) read(n int, buf []byte) (int, error) {
 	var h vnetHdr
 	h.decode(d.rhdr[n][:])
 	d.gso[n] = 0
+	d.partial[n] = h.flags&vnetNeedsCsum != 0
 	if h.gsoType&0x7f == uint8(GSOUDPL4) {
 		d.gso[n] = h.gsoSize
 	}

@@ -40,6 +40,10 @@ type Segmenter interface {
 	// SegmentSize returns the segment size of frame i of the last
 	// ReadBatch, 0 for a frame holding one packet.
 	SegmentSize(i int) int
+	// ChecksumPartial reports whether frame i of the last ReadBatch
+	// carries a partial L4 checksum (the pseudo-header's sum only),
+	// which the sender's kernel left for the device to complete.
+	ChecksumPartial(i int) bool
 	// WriteSegmented sends a segmented frame of type gso: frame holds
 	// the Ethernet, IP and L4 headers (hdrLen bytes, with the lengths
 	// of the whole and a partial L4 checksum) and the first payload,
@@ -112,6 +116,11 @@ func (d *Device) SegmentSize(i int) int {
 		return 0
 	}
 	return int(d.gso[i])
+}
+
+// ChecksumPartial implements Segmenter.
+func (d *Device) ChecksumPartial(i int) bool {
+	return i < len(d.partial) && d.partial[i]
 }
 
 // readVnet reads one frame and its header into hdr and buf.

@@ -1,0 +1,70 @@
+// Package tcp carries the guest's TCP connections over ordinary host
+// sockets, the reference's way: the host kernel does the real TCP with the
+// far peer, and gopasst only keeps sequence and acknowledgement numbers
+// towards the guest, advertises a window and retransmits. There is no TCP
+// stack here: no reassembly buffer, no congestion control, no send buffer
+// of our own.
+//
+// # Theory of operation
+//
+// Every connection is a flow (package flow) of type TCP with a tap side
+// and a host side, and a conn beside it with the state towards the guest.
+//
+// Opening. A SYN from the guest opens a non-blocking host socket towards
+// the destination that package fwd gives (the gateway is the host's
+// loopback, and so on), with TCP_MAXSEG clamped to the guest's MSS. The
+// guest's SYN retransmissions are absorbed while it connects; the SYN-ACK
+// goes to the guest only once the connect succeeded. A refused connect is
+// answered with RST; an unreachable destination with the ICMP or ICMPv6
+// "host unreachable" error a router would send, so that the guest's
+// connect fails with EHOSTUNREACH at once instead of ECONNREFUSED (the
+// reference sends RST for both). A connection accepted on a -t listener
+// sends a SYN to the guest, from the client's address (the host's
+// loopback and own addresses appear as the address that stands for the
+// host); the guest's SYN-ACK establishes it, its RST or silence after the
+// SYN's retries resets the client.
+//
+// Host to guest. The host socket's receive queue is our send buffer:
+// data is read with MSG_PEEK from the offset of what is in flight
+// (SO_PEEK_OFF; without it, a discard buffer takes the bytes in flight
+// first), cut into segments of the guest's MSS, and dropped from the
+// queue with MSG_TRUNC once the guest acknowledged it. Retransmission
+// rewinds the offset to the oldest unacknowledged byte. The loop waits
+// for EPOLLIN only while the guest's window has room, so a full window
+// costs no wake-ups.
+//
+// Guest to host. The in-order payloads of a batch of the guest's segments
+// for one connection go out in one sendmsg(2); a full send buffer or a
+// partial write acknowledges only what the socket took, and the guest
+// retransmits the rest. The window the guest sees is the free room of the
+// host socket's send buffer, rounded to nothing below one segment so the
+// guest sends no silly segments; when it is that small, EPOLLOUT on the
+// socket sends the window update. Segments beyond a hole are answered
+// with a duplicate ACK for the hole, as the reference does.
+//
+// Timers. Once a second the loop's tick retransmits what the guest has not
+// acknowledged for longer than the retransmission timeout (1 s, doubling
+// per retry up to 8 retries, then both sides are reset), probes a zero
+// window, repeats the window update if the guest may have missed it,
+// gives up a host connect after 10 s and a SYN to the guest after 3
+// retries, and resets connections idle for 2 hours. Three duplicate ACKs
+// from the guest retransmit at once.
+//
+// Endings. The guest's FIN becomes shutdown(SHUT_WR) on the host socket
+// and the host's data keeps flowing; end of file on the host socket
+// becomes a FIN to the guest after the last data. When both FINs are
+// acknowledged the socket is closed and the flow freed. The guest's RST
+// closes the socket with a zero linger, so the peer sees a reset; a reset
+// from the peer becomes a RST to the guest. A keepalive probe from the
+// guest turns SO_KEEPALIVE on for its connection.
+//
+// Bad input. A segment that fails parsing (short, a data offset or option
+// past its end, impossible flags) is counted and dropped. A segment for no
+// connection is answered with RST (RFC 9293 3.10.7.1), never a RST; a RST
+// is accepted only at the exact next sequence number, and one inside the
+// window, or a SYN on an open connection, gets a challenge ACK (RFC 5961).
+// New connections count against --max-flows with every other flow.
+//
+// Both goroutines of the engine (the tap reader and the host loop) hold
+// the flow table's lock while they touch a connection.
+package tcp

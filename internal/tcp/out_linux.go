@@ -1,0 +1,316 @@
+package tcp
+
+import (
+	"encoding/binary"
+	"errors"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasst/gopasst/internal/flow"
+	"github.com/gopasst/gopasst/internal/log"
+	"github.com/gopasst/gopasst/internal/packet"
+	"github.com/gopasst/gopasst/internal/sockaddr"
+)
+
+// putFrame writes, in front of the TCP header of hl bytes at b[th:] and
+// its plen bytes of payload, the IP and Ethernet headers of a segment
+// from the flow's side s (FAddr:FPort) to the guest (EAddr:EPort), and
+// the TCP checksum (partial: the pseudo-header's only). It returns the
+// frame.
+func (e *Engine) putFrame(w *writer, b []byte, th, hl, plen int, s *flow.Side, partial bool) []byte {
+	l4 := hl + plen
+	var start int
+	var et uint16
+	if s.EAddr.Is4() {
+		start, et = th-packet.IPv4Len-packet.EthLen, packet.EtherTypeIPv4
+		packet.PutIPv4(b[start+packet.EthLen:], s.FAddr, s.EAddr, packet.ProtoTCP, 64, packet.IPv4Len+l4, true)
+	} else {
+		start, et = th-packet.IPv6Len-packet.EthLen, packet.EtherTypeIPv6
+		packet.PutIPv6(b[start+packet.EthLen:], s.FAddr, s.EAddr, packet.ProtoTCP, 64, l4)
+	}
+	w.out.PutEthernet(b[start:], w.out.GuestMAC(), et)
+	seg := b[th : th+l4]
+	binary.BigEndian.PutUint16(seg[16:18], checksum(seg, s.FAddr, s.EAddr, partial))
+	return b[start : th+l4]
+}
+
+// window computes the window to advertise to the guest: the free room of
+// the host socket's send buffer, none below one segment (no silly
+// windows), at most maxWindow. It sets wantOut when the room is small,
+// so that EPOLLOUT sends the update.
+func (e *Engine) window(c *conn, atLeastOne bool) uint32 {
+	if c.guestFIN {
+		return maxWindow >> 4
+	}
+	sndbuf, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+	if err != nil {
+		return 0
+	}
+	outq, err := unix.IoctlGetInt(c.fd, unix.TIOCOUTQ)
+	if err != nil {
+		return 0
+	}
+	// The buffer also pays for the kernel's per-packet overhead.
+	free := sndbuf*3/4 - outq
+	if free < c.mss {
+		free = 0
+		if atLeastOne {
+			free = c.mss
+		}
+	}
+	if free < sndbuf/4 {
+		c.wantOut = true
+	}
+	return uint32(min(free, maxWindow))
+}
+
+// sendSeg sends a segment without payload and without options to the
+// guest: seq, our ACK and the window.
+func (e *Engine) sendSeg(w *writer, f *flow.Flow, c *conn, seq uint32, flags uint8, _ []byte) {
+	wnd := c.rcvWnd >> c.rcvScale
+	if flags&flagRST != 0 {
+		wnd = 0
+	}
+	th := headroom - hdrLen
+	putHeader(w.ctl[th:], f.Side[c.tap].FPort, f.Side[c.tap].EPort, seq, c.rcvNxt, flags, uint16(min(wnd, 0xffff)), false, 0, 0)
+	w.out.WriteFrame(e.putFrame(w, w.ctl, th, hdrLen, 0, &f.Side[c.tap], false))
+}
+
+// sendAck sends an ACK with a fresh window (at least one segment when
+// the host said it has room).
+func (e *Engine) sendAck(w *writer, f *flow.Flow, c *conn, atLeastOne bool) {
+	c.rcvWnd = e.window(c, atLeastOne)
+	e.sendSeg(w, f, c, c.sndNxt, flagACK, nil)
+}
+
+// sendRST resets the guest's side of the connection. Before our SYN-ACK,
+// it acknowledges the guest's SYN, as a refused connect does.
+func (e *Engine) sendRST(w *writer, f *flow.Flow, c *conn) {
+	seq := c.sndNxt
+	if c.state == stConnecting {
+		seq = 0
+	}
+	e.sendSeg(w, f, c, seq, flagRST|flagACK, nil)
+	e.st.TCPResets.Add(1)
+}
+
+// sendSyn sends our SYN (to a connection accepted on a listener) or
+// SYN-ACK (to the guest's SYN), with our MSS and window scale.
+func (e *Engine) sendSyn(w *writer, f *flow.Flow, c *conn) {
+	s := &f.Side[c.tap]
+	flags, ack := uint8(flagSYN), uint32(0)
+	ws := uint8(ourScale)
+	wnd := uint32(0xffff)
+	if c.state != stSynSent {
+		flags |= flagACK
+		ack = c.rcvNxt
+		if c.rcvScale == 0 {
+			ws = noScale
+		}
+		wnd = min(e.window(c, true), 0xffff)
+	}
+	c.rcvWnd = wnd
+	th := headroom - hdrLen
+	n := putHeader(w.ctl[th:], s.FPort, s.EPort, c.iss, ack, flags, uint16(wnd), true, uint16(e.mssFor(s.EAddr)), ws)
+	w.out.WriteFrame(e.putFrame(w, w.ctl, th, n, 0, s, false))
+}
+
+// toGuest sends what the host socket holds beyond what is in flight, as
+// far as the guest's window goes, and the FIN after the end of file. It
+// reports false if it freed the connection.
+func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
+	w := e.lw
+	s := &f.Side[c.tap]
+	partial := w.out.Partial()
+	mss := c.mss
+	stride := headroom + mss
+	for !c.finSent {
+		room := c.room()
+		if room == 0 {
+			break
+		}
+		nseg := min(maxSegs, len(w.data)/stride, int((room+uint32(mss)-1)/uint32(mss)))
+		want := min(int(room), nseg*mss)
+		iov := w.iov[:0]
+		if !e.peekOff {
+			skip := int(c.sndNxt - c.sndUna)
+			if skip > len(e.discard) {
+				break
+			}
+			if skip > 0 {
+				iov = append(iov, unix.Iovec{Base: &e.discard[0]})
+				iov[0].SetLen(skip)
+			}
+		}
+		for i, left := 0, want; left > 0; i++ {
+			l := min(left, mss)
+			v := unix.Iovec{Base: &w.data[i*stride+headroom]}
+			v.SetLen(l)
+			iov = append(iov, v)
+			left -= l
+		}
+		n, err := recvmsg(c.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if !e.peekOff && err == nil {
+			n -= int(c.sndNxt - c.sndUna)
+			if n < 0 {
+				n = 0 // the queue holds less than what is in flight
+			}
+		}
+		switch {
+		case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR):
+			n = -1
+		case err != nil:
+			e.hostFailed(idx, f, c, err)
+			return false
+		}
+		if n < 0 {
+			break
+		}
+		if n == 0 {
+			c.hostEOF = true
+			c.finSent, c.finSeq = true, c.sndNxt
+			c.sndNxt++
+			if seqLT(c.sndMax, c.sndNxt) {
+				c.sndMax = c.sndNxt
+			}
+			e.sendSeg(w, f, c, c.finSeq, flagFIN|flagACK, nil)
+			if c.rtoAt == 0 {
+				c.rtoAt = now + c.rto
+			}
+			break
+		}
+		c.rcvWnd = e.window(c, false)
+		wnd := uint16(min(c.rcvWnd>>c.rcvScale, 0xffff))
+		segs := 0
+		for off := 0; off < n; off += mss {
+			l := min(n-off, mss)
+			b := w.data[segs*stride : (segs+1)*stride]
+			th := headroom - hdrLen
+			flags := uint8(flagACK)
+			if off+l == n {
+				flags |= flagPSH
+			}
+			putHeader(b[th:], s.FPort, s.EPort, c.sndNxt+uint32(off), c.rcvNxt, flags, wnd, false, 0, 0)
+			frame := e.putFrame(w, b, th, hdrLen, l, s, partial)
+			w.out.Queue(frame, len(frame)-l)
+			segs++
+		}
+		sent, bytes := w.out.Flush()
+		e.ps.ToTap.Add(uint64(sent))
+		e.ps.ToTapBytes.Add(bytes)
+		c.sndNxt += uint32(n)
+		if seqLT(c.sndMax, c.sndNxt) {
+			c.sndMax = c.sndNxt
+		}
+		if c.rtoAt == 0 {
+			c.rtoAt = now + c.rto
+		}
+		c.lastAct = now
+		if n < want {
+			break // the queue is empty for now
+		}
+	}
+	return true
+}
+
+// recvmsg reads into iov with flags, without allocating.
+func recvmsg(fd int, iov []unix.Iovec, flags int) (int, error) {
+	var msg unix.Msghdr
+	msg.Iov = &iov[0]
+	msg.SetIovlen(len(iov))
+	n, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// sendmsg writes iov with flags, without allocating.
+func sendmsg(fd int, iov []unix.Iovec, flags int) (int, error) {
+	var msg unix.Msghdr
+	msg.Iov = &iov[0]
+	msg.SetIovlen(len(iov))
+	n, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// consume drops n acknowledged bytes from the socket's receive queue.
+func consume(fd int, n int) error {
+	for n > 0 {
+		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), 0, uintptr(n), uintptr(unix.MSG_TRUNC|unix.MSG_DONTWAIT), 0, 0)
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			return e
+		}
+		if r == 0 {
+			return nil
+		}
+		n -= int(r)
+	}
+	return nil
+}
+
+// quoteSyn builds, in b, the IP header and first TCP bytes of the guest's
+// SYN of flow side s (sent from EAddr:EPort to FAddr:FPort) with sequence
+// number isn, to quote in an ICMP error, and returns it.
+func quoteSyn(b []byte, s *flow.Side, isn uint32) []byte {
+	var ip int
+	if s.EAddr.Is4() {
+		ip = packet.IPv4Len
+		packet.PutIPv4(b, s.EAddr, s.FAddr, packet.ProtoTCP, 64, ip+hdrLen, true)
+	} else {
+		ip = packet.IPv6Len
+		packet.PutIPv6(b, s.EAddr, s.FAddr, packet.ProtoTCP, 64, hdrLen)
+	}
+	putHeader(b[ip:], s.EPort, s.FPort, isn, 0, flagSYN, 0xffff, false, 0, 0)
+	return b[:ip+hdrLen]
+}
+
+// unreachable tells the guest its connection's destination cannot be
+// reached, as a router would: ICMP host unreachable or ICMPv6 address
+// unreachable, from the destination.
+func (e *Engine) unreachable(w *writer, f *flow.Flow, c *conn) {
+	s := &f.Side[c.tap]
+	var q [packet.IPv6Len + hdrLen]byte
+	quoted := quoteSyn(q[:], s, c.guestISN)
+	if s.EAddr.Is4() {
+		w.out.ICMPError(s.FAddr, s.EAddr, 3, 1, 0, quoted)
+	} else {
+		w.out.ICMPError(s.FAddr, s.EAddr, 1, 3, 0, quoted)
+	}
+}
+
+// connected finishes the host connect of a guest's SYN: SYN-ACK to the
+// guest, or RST (ICMP unreachable) if it failed.
+func (e *Engine) connected(idx int32, f *flow.Flow, c *conn, now int64) {
+	if err := sockError(c.fd); err != nil {
+		if log.Enabled(log.LevelDebug) {
+			log.Debugf("TCP flow %d: connect: %v", idx, err)
+		}
+		if errUnreachable(err) {
+			e.unreachable(e.lw, f, c)
+		} else {
+			e.sendRST(e.lw, f, c)
+		}
+		e.free(idx, f, c, false)
+		return
+	}
+	e.hostUp(e.lw, idx, f, c, now)
+}
+
+// hostUp sends the SYN-ACK of a connection whose host socket connected.
+func (e *Engine) hostUp(w *writer, idx int32, f *flow.Flow, c *conn, now int64) {
+	c.state = stSynAckSent
+	c.rtoAt, c.rto, c.retries = now+int64(initialRTO), int64(initialRTO), 0
+	if local, err := sockaddr.Local(c.fd); err == nil {
+		f.Side[c.host()].FAddr, f.Side[c.host()].FPort = local.Addr(), local.Port()
+	}
+	e.setEvents(idx, f, c)
+	e.sendSyn(w, f, c)
+}

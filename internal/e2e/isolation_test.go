@@ -185,7 +185,7 @@ func TestSandboxPasst(t *testing.T) {
 func TestSandboxRefusesCalls(t *testing.T) {
 	bin := gopasstVariant(t, "probe", "-tags", "sandboxtest")
 	sb := sandbox.New(t)
-	allowed := map[string]bool{"socket AF_INET6 SOCK_DGRAM": true, "kill self": true}
+	allowed := map[string]bool{"socket AF_INET6 SOCK_DGRAM": true, "socket AF_INET SOCK_STREAM": true, "kill self": true}
 	check := func(t *testing.T, stderr string) {
 		t.Helper()
 		_, line, ok := strings.Cut(stderr, "sandbox probe: ")

@@ -368,12 +368,26 @@ func (x *execSocks) close() {
 
 // filter keeps the frames that can only make the engine send to the
 // test's own sockets on the loopback (filter mode, without a namespace).
+// isNDPFrame reports whether an ICMPv6 packet is neighbour discovery,
+// which the engine answers itself.
+func isNDPFrame(p *packet.Parsed) bool {
+	return len(p.L4) > 0 && p.L4[0] >= 133 && p.L4[0] <= 137
+}
+
 func filter(batch [][]byte) [][]byte {
 	var out [][]byte
 	for _, f := range batch {
 		var p packet.Parsed
 		if packet.Parse(f, &p) != packet.DropNone {
 			out = append(out, f) // dropped by the engine as well
+			continue
+		}
+		if p.Proto == packet.ProtoTCP || p.Proto == packet.ProtoICMP || p.Proto == packet.ProtoICMPv6 && !isNDPFrame(&p) {
+			// TCP connects and echo requests open sockets towards
+			// their destination: only the loopback's may pass.
+			if !p.Fragment && (p.Dst4 == gw4 || p.Dst4 == gw6 || p.Dst4.IsLoopback()) {
+				out = append(out, f)
+			}
 			continue
 		}
 		if p.EtherType == packet.EtherTypeARP || p.Proto != packet.ProtoUDP && !p.Fragment {

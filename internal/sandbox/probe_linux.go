@@ -42,6 +42,7 @@ var probes = []probe{
 	{"socket AF_NETLINK", false, func() error { return trySocket(unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE) }},
 	{"socket AF_INET SOCK_RAW", false, func() error { return trySocket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_UDP) }},
 	{"socket AF_INET SOCK_STREAM", true, func() error { return trySocket(unix.AF_INET, unix.SOCK_STREAM, 0) }},
+	{"socket AF_INET SOCK_STREAM IPPROTO_SCTP", false, func() error { return trySocket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP) }},
 	{"socket AF_UNIX", false, func() error { return trySocket(unix.AF_UNIX, unix.SOCK_DGRAM, 0) }},
 	{"socket AF_INET6 SOCK_DGRAM", true, func() error {
 		return trySocket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)

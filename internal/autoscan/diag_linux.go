@@ -10,10 +10,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Diag reads the same sockets as [Tables] (bound, unconnected UDP sockets
-// and listening TCP sockets) through a sock_diag netlink socket, as ss(8)
-// does. The kernel filters the sockets by state before answering, so a
-// read costs in proportion to the sockets that count, not to all the
+// Diag reads the same sockets as [Tables] (bound, unconnected UDP sockets,
+// listening TCP sockets, or both) through a sock_diag netlink socket, as
+// ss(8) does. The kernel filters the sockets by state before answering, so
+// a read costs in proportion to the sockets that count, not to all the
 // sockets of the namespace: with 10,000 connected UDP sockets, rereading
 // the procfs tables every second took most of gopasst's CPU, the dump
 // almost none.
@@ -21,10 +21,17 @@ import (
 // The netlink socket answers for the network namespace it was created
 // in, from any thread. Its methods are safe for concurrent use.
 type Diag struct {
-	mu  sync.Mutex
-	fd  int
-	seq uint32
-	buf []byte
+	mu      sync.Mutex
+	fd      int
+	seq     uint32
+	buf     []byte
+	queries []diagQuery
+}
+
+// diagQuery is one dump a [Diag.Read] asks for: the sockets of a family
+// and protocol in a state.
+type diagQuery struct {
+	family, proto, state uint8
 }
 
 // Sizes of the kernel's structures (linux/inet_diag.h).
@@ -34,14 +41,27 @@ const (
 )
 
 // OpenDiag opens a sock_diag socket in the calling thread's network
-// namespace and checks that the kernel answers UDP and TCP dumps (it may
-// lack udp_diag), so that a caller can fall back to [OpenTables].
-func OpenDiag() (*Diag, error) {
+// namespace for the sockets [OpenTables] reads with the same udp and tcp:
+// the bound UDP sockets if udp is set, the listening TCP sockets if tcp
+// is set. It checks that the kernel answers those dumps (it may lack
+// udp_diag, or tcp_diag), so that a caller can fall back to [OpenTables].
+func OpenDiag(udp, tcp bool) (*Diag, error) {
+	var queries []diagQuery
+	if udp {
+		queries = append(queries,
+			diagQuery{unix.AF_INET, unix.IPPROTO_UDP, StateUDPBound},
+			diagQuery{unix.AF_INET6, unix.IPPROTO_UDP, StateUDPBound})
+	}
+	if tcp {
+		queries = append(queries,
+			diagQuery{unix.AF_INET, unix.IPPROTO_TCP, StateTCPListen},
+			diagQuery{unix.AF_INET6, unix.IPPROTO_TCP, StateTCPListen})
+	}
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("sock_diag: %w", err)
 	}
-	d := &Diag{fd: fd, buf: make([]byte, 1<<16)}
+	d := &Diag{fd: fd, buf: make([]byte, 1<<16), queries: queries}
 	if _, err := d.Read(); err != nil {
 		d.Close()
 		return nil, err
@@ -49,8 +69,8 @@ func OpenDiag() (*Diag, error) {
 	return d, nil
 }
 
-// Read returns the bound UDP sockets and the listening TCP sockets, IPv4
-// and IPv6, as [Tables.Read] does.
+// Read returns the sockets [OpenDiag] was asked for, IPv4 and IPv6, as
+// [Tables.Read] does.
 func (d *Diag) Read() ([]Socket, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -58,15 +78,7 @@ func (d *Diag) Read() ([]Socket, error) {
 		return nil, errors.New("sock_diag: closed")
 	}
 	var out []Socket
-	for _, q := range []struct {
-		family, proto uint8
-		state         uint8
-	}{
-		{unix.AF_INET, unix.IPPROTO_UDP, StateUDPBound},
-		{unix.AF_INET6, unix.IPPROTO_UDP, StateUDPBound},
-		{unix.AF_INET, unix.IPPROTO_TCP, StateTCPListen},
-		{unix.AF_INET6, unix.IPPROTO_TCP, StateTCPListen},
-	} {
+	for _, q := range d.queries {
 		var err error
 		if out, err = d.dump(out, q.family, q.proto, q.state); err != nil {
 			return nil, err

@@ -15,7 +15,8 @@
 // counts when it is listening (state 0A, TCP_LISTEN). The reference also
 // forwards a UDP port when a TCP socket listens on that number (for
 // protocols such as iperf3 that negotiate a UDP port of the same number over
-// TCP); [OpenTables] with both udp and tcp set reproduces that.
+// TCP); [OpenTables] and [OpenDiag] with both udp and tcp set reproduce
+// that. For TCP forwarding only listening TCP sockets count (tcp alone).
 //
 // The local address of a socket does not matter, again like the reference:
 // a socket bound to the wildcard address, to loopback or to one particular

@@ -1,6 +1,7 @@
 package pasta
 
 import (
+	"strings"
 	"time"
 
 	"github.com/gopasst/gopasst/internal/autoscan"
@@ -16,16 +17,18 @@ import (
 const autoInterval = time.Second
 
 // autoForwarder keeps listening sockets open for the "auto" ports of one
-// direction: for -u (splice false), host sockets for the ports bound in
-// the namespace; for -U (splice true), sockets on the namespace's loopback
-// for the ports bound on the host. Like the reference, TCP listeners count
-// too (iperf3 and friends announce UDP ports that way). gopasst's own
-// sockets never count, so a port forwarded one way is not forwarded back.
+// protocol and direction: for -t and -u (splice false), host sockets for
+// the ports bound in the namespace; for -T and -U (splice true), sockets
+// on the namespace's loopback for the ports bound on the host. For TCP,
+// listening TCP sockets count; for UDP, bound UDP sockets and, like the
+// reference, listening TCP sockets too (iperf3 and friends announce UDP
+// ports that way). gopasst's own sockets never count, so a port forwarded
+// one way is not forwarded back.
 //
 // What it reads is opened by newAutoForwarder, before the sandbox: a
-// sock_diag socket, or, where the kernel has no UDP sock_diag, the procfs
-// socket tables. gopasst's own sockets are those the UDP engine reports
-// (engine.Engine.OwnInodes).
+// sock_diag socket, or, where the kernel has no sock_diag for the
+// protocols read, the procfs socket tables. gopasst's own sockets are
+// those the engine reports (engine.Engine.OwnInodes).
 type autoForwarder struct {
 	proto  fwd.Proto
 	rules  []conf.PortRule
@@ -46,19 +49,21 @@ type socketReader interface {
 	Close() error
 }
 
-// openSockets opens a socketReader for the calling thread's network
-// namespace; procDir is the procfs directory that describes it.
-func openSockets(procDir string) (socketReader, error) {
-	d, err := autoscan.OpenDiag()
+// openSockets opens a socketReader of the sockets that count for proto's
+// forwards, for the calling thread's network namespace; procDir is the
+// procfs directory that describes it.
+func openSockets(proto fwd.Proto, procDir string) (socketReader, error) {
+	udp := proto == fwd.UDP // TCP listeners count for both
+	d, err := autoscan.OpenDiag(udp, true)
 	if err == nil {
 		return d, nil
 	}
-	log.Debugf("UDP auto forwarding: %v: reading %s instead", err, procDir)
-	return autoscan.OpenTables(procDir, true, true)
+	log.Debugf("%s auto forwarding: %v: reading %s instead", proto, err, procDir)
+	return autoscan.OpenTables(procDir, udp, true)
 }
 
-// newAutoForwarder opens what the forwards of f need, or returns nil if
-// there are none or they cannot work (with a warning).
+// newAutoForwarder opens what the forwards of f, for proto, need, or
+// returns nil if there are none or they cannot work (with a warning).
 func newAutoForwarder(ns *netns.NS, proto fwd.Proto, f *conf.Forward, splice bool) *autoForwarder {
 	rules := autoscan.RulesFor(f)
 	if len(rules) == 0 {
@@ -69,74 +74,122 @@ func newAutoForwarder(ns *netns.NS, proto fwd.Proto, f *conf.Forward, splice boo
 	if splice {
 		// The host's sockets: only threads locked in ns.Do leave the
 		// host's network namespace, and the main thread never does.
-		tables, err = openSockets("/proc/self/net")
+		tables, err = openSockets(proto, "/proc/self/net")
 	} else {
 		err = ns.Do(func() error {
 			var err error
 			// Opened from a thread inside the namespace, the netlink
 			// socket and the files keep showing it from anywhere.
-			tables, err = openSockets("/proc/thread-self/net")
+			tables, err = openSockets(proto, "/proc/thread-self/net")
 			return err
 		})
 	}
 	if err != nil {
-		log.Warnf("UDP auto forwarding disabled: %v", err)
+		log.Warnf("%s auto forwarding disabled: %v", proto, err)
 		return nil
 	}
 	return &autoForwarder{proto: proto, rules: rules, splice: splice, tables: tables}
+}
+
+// option is the command-line option of a's direction: -t, -T, -u or -U.
+func (a *autoForwarder) option() string {
+	opt := "-u"
+	if a.proto == fwd.TCP {
+		opt = "-t"
+	}
+	if a.splice {
+		opt = strings.ToUpper(opt)
+	}
+	return opt
 }
 
 // run keeps the forwards up to date until stop is closed, then closes
 // what newAutoForwarder opened.
 func (a *autoForwarder) run(eng forwarder, v4, v6 bool, stop <-chan struct{}) {
 	defer a.tables.Close()
-	splice := a.splice
-	dir := "-u"
-	if splice {
-		dir = "-U"
-	}
-	sc := autoscan.NewScanner(a.rules, a.tables.Read)
-	sc.Own = func() (map[uint64]bool, error) { return eng.OwnInodes(), nil }
-	failed := map[autoscan.Fwd]bool{}
+	s := a.start(eng, v4, v6)
 	tick := time.NewTicker(autoInterval)
 	defer tick.Stop()
 	for {
-		open, closing, err := sc.Step()
-		if err != nil {
-			log.Debugf("UDP auto forwarding: %v", err)
-		}
-		for _, c := range closing {
-			for _, uf := range netcfg.Listeners(a.proto, c.Addr, c.Ifname, c.Port, c.ToPort, v4, v6, splice) {
-				_ = eng.RemoveForward(uf)
-			}
-			delete(failed, c)
-			log.Debugf("UDP auto forwarding (%s): closed port %d", dir, c.Port)
-		}
-		for _, o := range open {
-			ok := false
-			for _, uf := range netcfg.Listeners(a.proto, o.Addr, o.Ifname, o.Port, o.ToPort, v4, v6, splice) {
-				if err := eng.AddForward(uf); err != nil {
-					if !failed[o] {
-						log.Debugf("UDP auto forwarding: %v", err)
-					}
-				} else {
-					ok = true
-				}
-			}
-			if !ok {
-				// Nothing could be bound (the host port is taken):
-				// try again at the next scan, quietly.
-				failed[o] = true
-				sc.Forget(o)
-				continue
-			}
-			delete(failed, o)
-			log.Debugf("UDP auto forwarding (%s): opened port %d -> %d", dir, o.Port, o.ToPort)
-		}
+		s.step()
 		select {
 		case <-stop:
 			return
 		case <-tick.C:
 		}
 	}
+}
+
+// autoRun is the state of a running autoForwarder.
+type autoRun struct {
+	a      *autoForwarder
+	eng    forwarder
+	v4, v6 bool
+	sc     *autoscan.Scanner
+	// failed holds the forwards that could not be opened at the last
+	// scan, whose errors were logged.
+	failed map[autoscan.Fwd]bool
+	// what and opt start the log messages.
+	what, opt string
+}
+
+// start returns the state of a run that changes eng's forwards, for the
+// families v4 and v6, starting with none.
+func (a *autoForwarder) start(eng forwarder, v4, v6 bool) *autoRun {
+	sc := autoscan.NewScanner(a.rules, a.tables.Read)
+	sc.Own = func() (map[uint64]bool, error) { return eng.OwnInodes(), nil }
+	return &autoRun{
+		a: a, eng: eng, v4: v4, v6: v6, sc: sc,
+		failed: map[autoscan.Fwd]bool{},
+		what:   a.proto.String() + " auto forwarding", opt: a.option(),
+	}
+}
+
+// step rescans, closes the forwards no longer wanted and opens the new
+// ones. A forward none of whose listeners could be opened (the port is
+// taken, or the engine cannot serve it, as for TCP splice before it
+// exists) is logged once, at debug level, and tried again at every step
+// while it is still wanted.
+func (r *autoRun) step() {
+	open, closing, err := r.sc.Step()
+	if err != nil {
+		log.Debugf("%s (%s): %v", r.what, r.opt, err)
+	}
+	for _, c := range closing {
+		for _, f := range r.listeners(c) {
+			_ = r.eng.RemoveForward(f)
+		}
+		log.Debugf("%s (%s): closed port %d", r.what, r.opt, c.Port)
+	}
+	failed := map[autoscan.Fwd]bool{}
+	for _, o := range open {
+		ok := false
+		for _, f := range r.listeners(o) {
+			if err := r.eng.AddForward(f); err != nil {
+				if !r.failed[o] {
+					log.Debugf("%s (%s): %v", r.what, r.opt, err)
+				}
+			} else {
+				ok = true
+			}
+		}
+		if !ok {
+			// Nothing could be opened: try again at the next
+			// step, quietly.
+			failed[o] = true
+			r.sc.Forget(o)
+			continue
+		}
+		log.Debugf("%s (%s): opened port %d -> %d", r.what, r.opt, o.Port, o.ToPort)
+	}
+	if err == nil {
+		// A forward no longer wanted is forgotten: if its port is
+		// bound again later, a failure is logged again.
+		r.failed = failed
+	}
+}
+
+// listeners expands f to the listening sockets of the engine's forwards.
+func (r *autoRun) listeners(f autoscan.Fwd) []fwd.Forward {
+	return netcfg.Listeners(r.a.proto, f.Addr, f.Ifname, f.Port, f.ToPort, r.v4, r.v6, r.a.splice)
 }

@@ -216,11 +216,23 @@ func run(cfg *conf.Config, sb *sandbox.Sandbox, protos []engine.Protocol) (int, 
 	defer removePID()
 	sb.RemoveAtExit(cfg.PIDFile)
 
+	// "auto" forwarding of each protocol the engine serves: -t and -u
+	// towards the namespace, and, with sockets in the namespace to
+	// listen on (not --no-splice), -T and -U towards the host.
 	var autos []*autoForwarder
-	if eng.Serves(fwd.UDP) {
-		autos = append(autos, newAutoForwarder(ns, fwd.UDP, &cfg.UDPFwd, false))
+	for _, d := range []struct {
+		proto   fwd.Proto
+		out, in *conf.Forward
+	}{
+		{fwd.TCP, &cfg.TCPFwd, &cfg.TCPNSFwd},
+		{fwd.UDP, &cfg.UDPFwd, &cfg.UDPNSFwd},
+	} {
+		if !eng.Serves(d.proto) {
+			continue
+		}
+		autos = append(autos, newAutoForwarder(ns, d.proto, d.out, false))
 		if nsSocket != nil {
-			autos = append(autos, newAutoForwarder(ns, fwd.UDP, &cfg.UDPNSFwd, true))
+			autos = append(autos, newAutoForwarder(ns, d.proto, d.in, true))
 		}
 	}
 	engErr := make(chan error, 1)

@@ -53,13 +53,12 @@ func (e *Engine) window(c *conn, atLeastOne bool) uint32 {
 	}
 	// The buffer also pays for the kernel's per-packet overhead.
 	free := sndbuf*3/4 - outq
-	if free < c.mss {
+	if free < min(c.mss, sndbuf/4) {
+		// Too little to be worth a segment: wait for EPOLLOUT.
 		free = 0
 		if atLeastOne {
-			free = c.mss
+			free = min(c.mss, sndbuf/4)
 		}
-	}
-	if free < sndbuf/4 {
 		c.wantOut = true
 	}
 	return uint32(min(free, maxWindow))

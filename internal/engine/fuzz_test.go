@@ -779,7 +779,8 @@ func (ep *fuzzTap) finish() string {
 // echo sockets, to closed ports, to the world, with a TTL running out,
 // fragmented, large enough to come back fragmented, multicast, from many
 // ports (the flow table holds 16); ARP, NDP, DHCP and DHCPv6; replies to
-// a probe.
+// a probe; a TCP connect to a closed port and a segment for no
+// connection.
 func engineSeeds(tb testing.TB) [][]byte {
 	g4, g6 := guest4.Addr(), guest6.Addr()
 	ap := netip.AddrPortFrom
@@ -808,7 +809,18 @@ func engineSeeds(tb testing.TB) [][]byte {
 		encodeInput(0, manyPorts),
 		encodeInput(fuzzProbe, [][]byte{u(ap(g4, fwdPort), ap(gw4, probePort), 64, hello), u(ap(g6, fwdPort), ap(gw6, probePort), 64, hello)}),
 		encodeInput(0, [][]byte{arpRequest(tb), neighborSolicit(tb), routerSolicit(tb), dhcpDiscover(tb), dhcp6Solicit(tb)}),
+		encodeInput(0, [][]byte{tcpFrame(tb, ap(g4, 40000), ap(gw4, sinkPort), &layers.TCP{SYN: true, Seq: 7, Window: 1024}, nil),
+			tcpFrame(tb, ap(g6, 40000), ap(gw6, sinkPort), &layers.TCP{ACK: true, Seq: 7, Ack: 9, Window: 1024}, hello)}),
 	}
+}
+
+// tcpFrame is a TCP segment from src to dst with the flags and numbers
+// of t.
+func tcpFrame(tb testing.TB, src, dst netip.AddrPort, t *layers.TCP, payload []byte) []byte {
+	ip, e := netLayer(src.Addr(), dst.Addr(), 64, layers.IPProtocolTCP)
+	t.SrcPort, t.DstPort = layers.TCPPort(src.Port()), layers.TCPPort(dst.Port())
+	_ = t.SetNetworkLayerForChecksum(ip)
+	return serialize(tb, e, ip.(gopacket.SerializableLayer), t, gopacket.Payload(payload))
 }
 
 func eth(typ layers.EthernetType, dst net.HardwareAddr) *layers.Ethernet {

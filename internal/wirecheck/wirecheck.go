@@ -49,7 +49,7 @@ type Frame struct {
 	ARP *layers.ARP
 
 	// For IPv4 and IPv6: the addresses, the hop limit (TTL), and the
-	// transport protocol (UDP, ICMP or ICMPv6).
+	// transport protocol (UDP, TCP, ICMP or ICMPv6).
 	SrcIP, DstIP netip.Addr
 	HopLimit     uint8
 	Proto        layers.IPProtocol
@@ -62,9 +62,17 @@ type Frame struct {
 	FragID     uint16
 	FragData   []byte
 
-	// For UDP (not fragmented): ports and payload.
+	// For UDP (not fragmented) and TCP: ports and payload.
 	SrcPort, DstPort uint16
 	Payload          []byte
+
+	// For TCP: the sequence and acknowledgement numbers, the flags (FIN
+	// 0x01 to ACK 0x10), the window as sent, and the SYN's MSS option
+	// (0 if absent).
+	Seq, Ack uint32
+	TCPFlags uint8
+	Window   uint16
+	MSS      uint16
 
 	// For ICMP and ICMPv6: type, code, and the message after the 4-byte
 	// type, code and checksum.
@@ -221,6 +229,8 @@ func checkIPv4(pkt gopacket.Packet, h []byte, f *Frame) error {
 	switch ip.Protocol {
 	case layers.IPProtocolUDP:
 		return checkUDP(pkt, data, f)
+	case layers.IPProtocolTCP:
+		return checkTCP(pkt, data, f)
 	case layers.IPProtocolICMPv4:
 		if err := verify(pkt, layers.LayerTypeICMPv4); err != nil {
 			return err
@@ -268,6 +278,8 @@ func checkIPv6(pkt gopacket.Packet, h []byte, f *Frame) error {
 	switch ip.NextHeader {
 	case layers.IPProtocolUDP:
 		return checkUDP(pkt, data, f)
+	case layers.IPProtocolTCP:
+		return checkTCP(pkt, data, f)
 	case layers.IPProtocolICMPv6:
 		if err := verify(pkt, layers.LayerTypeICMPv6); err != nil {
 			return err
@@ -299,6 +311,42 @@ func checkUDP(pkt gopacket.Packet, data []byte, f *Frame) error {
 		return fmt.Errorf("UDP port 0 (%d -> %d)", udp.SrcPort, udp.DstPort)
 	}
 	f.SrcPort, f.DstPort, f.Payload = uint16(udp.SrcPort), uint16(udp.DstPort), data[8:]
+	return nil
+}
+
+// checkTCP checks a TCP segment: its header length, checksum, ports and
+// flags.
+func checkTCP(pkt gopacket.Packet, data []byte, f *Frame) error {
+	tcp, ok := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if !ok {
+		return errors.New("no TCP layer")
+	}
+	if len(data) < 20 || int(tcp.DataOffset)*4 < 20 || int(tcp.DataOffset)*4 > len(data) {
+		return fmt.Errorf("TCP data offset %d in a segment of %d bytes", tcp.DataOffset, len(data))
+	}
+	if err := verify(pkt, layers.LayerTypeTCP); err != nil {
+		return err
+	}
+	if tcp.SrcPort == 0 || tcp.DstPort == 0 {
+		return fmt.Errorf("TCP port 0 (%d -> %d)", tcp.SrcPort, tcp.DstPort)
+	}
+	flags := data[13] & 0x3f
+	if flags&0x02 != 0 && flags&0x05 != 0 {
+		return fmt.Errorf("TCP SYN with FIN or RST (flags %#02x)", flags)
+	}
+	if flags&0x16 == 0 {
+		return fmt.Errorf("TCP segment without SYN, ACK or RST (flags %#02x)", flags)
+	}
+	if flags&0x04 != 0 && len(tcp.Payload) > 0 {
+		return errors.New("TCP RST with payload")
+	}
+	f.SrcPort, f.DstPort, f.Payload = uint16(tcp.SrcPort), uint16(tcp.DstPort), data[int(tcp.DataOffset)*4:]
+	f.Seq, f.Ack, f.TCPFlags, f.Window = tcp.Seq, tcp.Ack, flags, tcp.Window
+	for _, o := range tcp.Options {
+		if o.OptionType == layers.TCPOptionKindMSS && len(o.OptionData) == 2 {
+			f.MSS = uint16(o.OptionData[0])<<8 | uint16(o.OptionData[1])
+		}
+	}
 	return nil
 }
 

@@ -105,6 +105,18 @@ type served struct {
 // Serves reports whether a protocol that forwards ports of p runs.
 func (e *Engine) Serves(p fwd.Proto) bool { return p < fwd.NumProtos && e.byFwd[p] != nil }
 
+// Splices reports whether the protocol that forwards ports of p also
+// forwards them from the namespace to the host's loopback (-U, -T): its
+// handler says so with a method Splices() bool, or has no such method
+// and does.
+func (e *Engine) Splices(p fwd.Proto) bool {
+	if !e.Serves(p) {
+		return false
+	}
+	s, ok := e.byFwd[p].h.(interface{ Splices() bool })
+	return !ok || s.Splices()
+}
+
 // AddForward opens the listening socket of f, while the engine runs or
 // before.
 func (e *Engine) AddForward(f fwd.Forward) error {

@@ -12,8 +12,8 @@ import (
 	"github.com/gopasst/gopasst/internal/netns"
 )
 
-// autoInterval is how often the namespace's bound ports are read, as the
-// reference does.
+// autoInterval is how often the ports bound on the other side are read,
+// as the reference does.
 const autoInterval = time.Second
 
 // autoForwarder keeps listening sockets open for the "auto" ports of one

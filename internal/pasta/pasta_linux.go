@@ -223,16 +223,21 @@ func run(cfg *conf.Config, sb *sandbox.Sandbox, protos []engine.Protocol) (int, 
 	for _, d := range []struct {
 		proto   fwd.Proto
 		out, in *conf.Forward
+		opt     byte
 	}{
-		{fwd.TCP, &cfg.TCPFwd, &cfg.TCPNSFwd},
-		{fwd.UDP, &cfg.UDPFwd, &cfg.UDPNSFwd},
+		{fwd.TCP, &cfg.TCPFwd, &cfg.TCPNSFwd, 'T'},
+		{fwd.UDP, &cfg.UDPFwd, &cfg.UDPNSFwd, 'U'},
 	} {
 		if !eng.Serves(d.proto) {
 			continue
 		}
 		autos = append(autos, newAutoForwarder(ns, d.proto, d.out, false))
-		if nsSocket != nil {
+		switch {
+		case nsSocket == nil:
+		case eng.Splices(d.proto):
 			autos = append(autos, newAutoForwarder(ns, d.proto, d.in, true))
+		case d.in.Mode == conf.FwdAuto:
+			log.Debugf("%s auto forwarding (-%c): not served yet (no %s splice)", d.proto, d.opt, d.proto)
 		}
 	}
 	engErr := make(chan error, 1)

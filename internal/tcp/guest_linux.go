@@ -135,6 +135,8 @@ func (e *Engine) open(p *packet.Parsed, s *segment, now int64) {
 	c.mss = e.mssFor(ini.EAddr)
 	if s.mss != 0 {
 		c.mss = min(c.mss, int(s.mss))
+	} else {
+		c.mss = min(c.mss, 536) // RFC 9293 3.7.1
 	}
 	if c.mss < 64 {
 		c.mss = 64
@@ -240,7 +242,7 @@ func (e *Engine) segment(idx int32, f *flow.Flow, c *conn, p *packet.Parsed, s *
 		c.sndUna = s.ack
 		c.mss = min(e.mssFor(f.Side[c.tap].EAddr), max(int(s.mss), 64))
 		if s.mss == 0 {
-			c.mss = min(c.mss, 536)
+			c.mss = min(e.mssFor(f.Side[c.tap].EAddr), 536)
 		}
 		if s.ws != noScale {
 			c.sndScale, c.rcvScale = s.ws, ourScale
@@ -270,6 +272,13 @@ func (e *Engine) segment(idx int32, f *flow.Flow, c *conn, p *packet.Parsed, s *
 	}
 	if s.flags&flagACK == 0 {
 		e.st.Drop(stats.DropBadSegment)
+		return true
+	}
+	if seqLT(c.sndMax, s.ack) {
+		// It acknowledges what was never sent: an ACK, and the
+		// segment is dropped (RFC 9293 3.10.7.4).
+		e.pend.ack = true
+		e.st.Drop(stats.DropOutOfWindow)
 		return true
 	}
 	if !e.ackFromGuest(idx, f, c, s) {
@@ -323,12 +332,6 @@ func (e *Engine) ackFromGuest(idx int32, f *flow.Flow, c *conn, s *segment) bool
 	pd := &e.pend
 	ack := s.ack
 	wnd := uint32(s.wnd) << c.sndScale
-	if seqLT(c.sndMax, ack) {
-		// It acknowledges what was never sent.
-		pd.ack = true
-		e.st.Drop(stats.DropOutOfWindow)
-		return true
-	}
 	if seqLT(c.sndNxt, ack) {
 		// A late ACK of data sent before a retransmission rewound.
 		if c.finSent || c.sndMax == ack && c.hostEOF {

@@ -33,6 +33,10 @@ type listener struct {
 // ErrNoSplice is returned for -T forwards: TCP splice is not there yet.
 var ErrNoSplice = errors.New("TCP forwarding from the namespace (-T) is not implemented yet")
 
+// Splices reports false: TCP forwarding from the namespace (-T) waits
+// for TCP splice.
+func (e *Engine) Splices() bool { return false }
+
 // AddForward opens the listening socket of f, while the loop runs or
 // before.
 func (e *Engine) AddForward(f fwd.Forward) error {

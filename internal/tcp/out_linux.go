@@ -150,10 +150,10 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
 			left -= l
 		}
 		n, err := recvmsg(c.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		if !e.peekOff && err == nil {
+		if !e.peekOff && err == nil && n > 0 {
 			n -= int(c.sndNxt - c.sndUna)
-			if n < 0 {
-				n = 0 // the queue holds less than what is in flight
+			if n <= 0 {
+				n = -1 // nothing beyond what is in flight yet
 			}
 		}
 		switch {

@@ -81,9 +81,6 @@ func run(argv []string) int {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name(mode), err)
 		return 1
 	}
-	if !cfg.NoTCP && mode == conf.ModePasta && cfg.TCPNSFwd.Mode == conf.FwdSpec && len(cfg.TCPNSFwd.Rules) > 0 {
-		log.Warnf("TCP splice is not implemented yet: -T ports are not forwarded")
-	}
 	if mode == conf.ModePasst {
 		return passt.Run(cfg, protocols.All)
 	}

@@ -69,7 +69,7 @@ type Net struct {
 	DNSMatch4, DNSMatch6 netip.Addr
 	DNSHost4, DNSHost6   netip.Addr
 	// Forwards are the -u and -t listening sockets, NSForwards the -U
-	// ones (in the namespace, on its loopback; -T waits for TCP splice).
+	// and -T ones (in the namespace, on its loopback).
 	Forwards, NSForwards []fwd.Forward
 	// Timeout and StreamTimeout expire UDP flows.
 	Timeout, StreamTimeout time.Duration
@@ -121,6 +121,7 @@ func Derive(cfg *conf.Config) (*Net, error) {
 	n.Forwards = ExpandForwards(fwd.UDP, cfg.UDPFwd, n.IPv4, n.IPv6)
 	n.Forwards = append(n.Forwards, ExpandForwards(fwd.TCP, cfg.TCPFwd, n.IPv4, n.IPv6)...)
 	n.NSForwards = ExpandNSForwards(fwd.UDP, cfg.UDPNSFwd, n.IPv4, n.IPv6)
+	n.NSForwards = append(n.NSForwards, ExpandNSForwards(fwd.TCP, cfg.TCPNSFwd, n.IPv4, n.IPv6)...)
 	n.mappings(cfg)
 	n.dns(cfg)
 	return n, nil

@@ -52,6 +52,7 @@ var TCP = engine.Protocol{
 	Off:      func(c *conf.Config) bool { return c.NoTCP },
 	New: func(env *engine.Env) (engine.Handler, error) {
 		return tcp.New(tcp.Config{Rules: env.Rules, Guest: env.Guest, Loop: env.Loop, Flows: env.Flows,
-			LoopOut: env.LoopOut, TapOut: env.TapOut, Stats: env.Stats, Forwards: env.Forwards, MTU: env.Conf.MTU})
+			LoopOut: env.LoopOut, TapOut: env.TapOut, Stats: env.Stats, Forwards: env.Forwards, MTU: env.Conf.MTU,
+			NSSocket: env.NSSocket})
 	},
 }

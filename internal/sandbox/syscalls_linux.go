@@ -109,6 +109,8 @@ var dataRules = []rule{
 	// The room in a TCP socket's send buffer and what its receive queue
 	// holds, and nothing else ioctl(2) can do.
 	{nr: unix.SYS_IOCTL, name: "ioctl", conds: []cond{argIn(1, unix.TIOCOUTQ, unix.SIOCINQ)}},
+	allow(unix.SYS_SPLICE, "splice"), // TCP splice: socket to pipe to socket
+	allow(unix.SYS_PIPE2, "pipe2"),   // TCP splice: a pipe per direction
 	allow(unix.SYS_BIND, "bind"),
 	allow(unix.SYS_CONNECT, "connect"),
 	allow(unix.SYS_GETSOCKNAME, "getsockname"),

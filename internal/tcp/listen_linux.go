@@ -30,12 +30,13 @@ type listener struct {
 	paused bool
 }
 
-// ErrNoSplice is returned for -T forwards: TCP splice is not there yet.
-var ErrNoSplice = errors.New("TCP forwarding from the namespace (-T) is not implemented yet")
+// ErrNoSplice is returned for -T forwards without a namespace (passt, or
+// --no-splice).
+var ErrNoSplice = errors.New("no namespace to listen in for -T")
 
-// Splices reports false: TCP forwarding from the namespace (-T) waits
-// for TCP splice.
-func (e *Engine) Splices() bool { return false }
+// Splices reports whether -T forwards can be served: with a namespace to
+// listen in.
+func (e *Engine) Splices() bool { return e.cfg.NSSocket != nil }
 
 // AddForward opens the listening socket of f, while the loop runs or
 // before.
@@ -77,15 +78,19 @@ func (e *Engine) OwnInodes() map[uint64]bool {
 // openListener opens f's listening socket. Called before Run or on the
 // loop's thread.
 func (e *Engine) openListener(f fwd.Forward) error {
+	mk := e.cfg.Socket
 	if f.Splice {
-		return fmt.Errorf("%s: %w", f, ErrNoSplice)
+		if e.cfg.NSSocket == nil {
+			return fmt.Errorf("%s: %w", f, ErrNoSplice)
+		}
+		mk = e.cfg.NSSocket
 	}
 	for _, l := range e.lst {
 		if l.fd >= 0 && l.fwd == f {
 			return nil
 		}
 	}
-	fd, err := listenSocket(e.cfg.Socket, f)
+	fd, err := listenSocket(mk, f)
 	if err != nil {
 		return fmt.Errorf("TCP port %s: %w", netip.AddrPortFrom(f.Addr, f.Port), err)
 	}
@@ -204,7 +209,15 @@ func (e *Engine) accepted(l *listener, fd int, sa unix.Sockaddr, now int64) {
 		return
 	}
 	ini := flow.Side{EAddr: peer.Addr(), EPort: peer.Port(), FAddr: local.Addr(), FPort: local.Port()}
+	if l.fwd.Splice {
+		e.acceptedSplice(l, fd, ini, now)
+		return
+	}
 	pif, tgt, v := e.rules.FromHost(ini, l.fwd.ToPort, e.cfg.Guest)
+	if v == fwd.OK && pif == flow.PIFSplice {
+		e.spliceAccepted(l, fd, ini, tgt, flow.PIFHost, flow.PIFSplice, e.cfg.NSSocket, now)
+		return
+	}
 	if v != fwd.OK || pif != flow.PIFTap {
 		reset()
 		if v == fwd.Unmappable {

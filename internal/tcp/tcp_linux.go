@@ -41,9 +41,7 @@ const maxWindow = 0xffff << ourScale
 
 // Config is what an Engine needs.
 type Config struct {
-	// Rules decide where connections go; their splice path is not used
-	// (TCP splice is not there yet: loopback clients of -t ports go
-	// through the guest's interface).
+	// Rules decide where connections go.
 	Rules *fwd.Rules
 	Guest *fwd.Guest
 	Loop  *evloop.Loop
@@ -58,6 +56,10 @@ type Config struct {
 	MTU int
 	// Socket is socket(2) (unix.Socket if nil; tests may fail it).
 	Socket func(domain, typ, proto int) (int, error)
+	// NSSocket creates sockets in pasta's namespace, for TCP splice
+	// (nil: no splice; loopback clients of -t ports go through the
+	// guest's interface).
+	NSSocket func(domain, typ, proto int) (int, error)
 	// NoPeekOffset reads as on kernels without SO_PEEK_OFF for TCP
 	// (tests).
 	NoPeekOffset bool
@@ -73,7 +75,12 @@ type Engine struct {
 	loop  *evloop.Loop
 	kConn evloop.Kind
 	kLst  evloop.Kind
-	conns []*conn
+	// kSplice is the kind of spliced connections' sockets, spl their
+	// state by flow index, pipeSize the pipes' size asked for.
+	kSplice  evloop.Kind
+	spl      []*splicer
+	pipeSize int
+	conns    []*conn
 	// lw and tw are the loop's and the tap reader's output.
 	lw, tw *writer
 	lst    []listener
@@ -115,11 +122,13 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, rules: *cfg.Rules, st: cfg.Stats, ps: &cfg.Stats.TCP, tab: cfg.Flows, loop: cfg.Loop,
 		mss4: min(mtu-packet.IPv4Len-hdrLen, 65535-packet.IPv4Len-hdrLen),
 		mss6: min(mtu-packet.IPv6Len-hdrLen, 65535-hdrLen)}
-	e.rules.Splice = false
+	e.rules.Splice = cfg.NSSocket != nil && cfg.Rules.Splice
+	e.pipeSize = maxPipeSize()
 	e.lw = newWriter(cfg.LoopOut, true)
 	e.tw = newWriter(cfg.TapOut, false)
 	e.kConn = cfg.Loop.Register("TCP socket", evloop.HandlerFunc(e.connEvent))
 	e.kLst = cfg.Loop.Register("TCP listener", evloop.HandlerFunc(e.listenerEvent))
+	e.kSplice = cfg.Loop.Register("TCP splice socket", evloop.HandlerFunc(e.spliceEvent))
 	cfg.Loop.Every(e.tick)
 	e.peekOff = !cfg.NoPeekOffset && probePeekOffset()
 	if !e.peekOff {
@@ -468,6 +477,18 @@ func (e *Engine) Release() {
 	e.tab.Mu.Lock()
 	defer e.tab.Mu.Unlock()
 	e.tab.Each(func(i int32, f *flow.Flow) {
+		if f.Type == flow.TypeTCPSplice && int(i) < len(e.spl) && e.spl[i] != nil {
+			s := e.spl[i]
+			for side := range 2 {
+				if s.fd[side] >= 0 {
+					unix.Close(s.fd[side])
+					s.fd[side] = -1
+				}
+			}
+			e.closePipes(s)
+			e.tab.Free(i)
+			return
+		}
 		if f.Type == flow.TypeTCP && int(i) < len(e.conns) && e.conns[i] != nil {
 			c := e.conns[i]
 			if c.fd >= 0 {

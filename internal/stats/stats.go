@@ -137,6 +137,8 @@ func (c *Counters) String() string {
 	line("tcp connections created", tc.FlowsCreated.Load())
 	line("tcp connections closed", tc.FlowsExpired.Load())
 	line("tcp connections active", tc.Active.Load())
+	line("tcp connections active (splice)", tc.ActiveSplice.Load())
+	line("tcp bytes socket to socket", tc.SplicedBytes.Load())
 	for r := Reason(0); r < NumReasons; r++ {
 		line("drop "+r.String(), c.Drops[r].Load())
 	}

@@ -304,6 +304,9 @@ type transfer struct {
 	// more than it takes when nothing goes wrong, so that only a stall
 	// (a lost wake-up, a missed window update) exceeds it.
 	stall time.Duration
+	// spliced: the connection must go socket to socket (TCP splice),
+	// not through gopasst's TCP over the tap (see spliceCounterProblems).
+	spliced bool
 }
 
 // outcome is what transfer.run saw.
@@ -318,7 +321,8 @@ type outcome struct {
 // what the other sent (the byte counts, the receivers' pattern check and
 // the SHA-256 of both ends), the server saw the client where it should,
 // and gopasst's counters show at least the bytes each way (the data went
-// through its TCP over the tap). It reports failures on t, with the
+// through its TCP over the tap; with tr.spliced, socket to socket
+// instead, see spliceCounterProblems). It reports failures on t, with the
 // output of both ends and gopasst's state.
 func (tr transfer) run(t *testing.T, n *tcpNS) outcome {
 	t.Helper()
@@ -394,17 +398,21 @@ func (tr transfer) run(t *testing.T, n *tcpNS) outcome {
 			problems = append(problems, fmt.Sprintf("server saw the client at %s, want the client's own address %s", s.Peer, c.Local))
 		}
 	}
-	// What the namespace sends goes to the host, the rest to the tap.
-	toHost, toTap := tr.send, tr.reply
-	if tr.client.ns != "" {
-		toHost, toTap = tr.reply, tr.send
-	}
-	for _, k := range []struct {
-		name string
-		min  int64
-	}{{"tcp bytes to host", toHost}, {"tcp bytes to tap", toTap}} {
-		if _, known := after[k.name]; !known || delta[k.name] < k.min {
-			problems = append(problems, fmt.Sprintf("gopasst's %q went up by %d (counter known: %v), want at least %d", k.name, delta[k.name], known, k.min))
+	if tr.spliced {
+		problems = append(problems, spliceCounterProblems(after, delta, tr.send+tr.reply, 1)...)
+	} else {
+		// What the namespace sends goes to the host, the rest to the tap.
+		toHost, toTap := tr.send, tr.reply
+		if tr.client.ns != "" {
+			toHost, toTap = tr.reply, tr.send
+		}
+		for _, k := range []struct {
+			name string
+			min  int64
+		}{{"tcp bytes to host", toHost}, {"tcp bytes to tap", toTap}} {
+			if _, known := after[k.name]; !known || delta[k.name] < k.min {
+				problems = append(problems, fmt.Sprintf("gopasst's %q went up by %d (counter known: %v), want at least %d", k.name, delta[k.name], known, k.min))
+			}
 		}
 	}
 	if len(problems) > 0 {
@@ -437,10 +445,7 @@ const stallBound = 10 * time.Second
 // the namespace to target (the gateway address, served on the host's
 // loopback, or the remote host) in the three shapes: client sends, server
 // sends, both at once (an echo).
-func outbound(sb *sandbox.Sandbox, n *tcpNS, f family, remote bool, size int64) []struct {
-	name string
-	tr   transfer
-} {
+func outbound(sb *sandbox.Sandbox, n *tcpNS, f family, remote bool, size int64) []namedTransfer {
 	srv, srvAddr, dst, peer := hostPlace(sb), f.loopback, f.gw, f.loopback
 	if remote {
 		srv, srvAddr, dst, peer = worldPlace(sb), f.remote, f.remote, f.host
@@ -450,12 +455,22 @@ func outbound(sb *sandbox.Sandbox, n *tcpNS, f family, remote bool, size int64) 
 		return transfer{server: srv, client: n.place(), listen: ap(srvAddr, port), to: ap(dst, port), mode: mode,
 			send: send, reply: reply, wantPeer: netip.AddrPortFrom(peer, 0), stall: stallBound}
 	}
-	return []struct {
-		name string
-		tr   transfer
-	}{
-		{"ns-sends", mk("sink", size, 0)},
-		{"host-sends", mk("source", 0, size)},
+	return shapes(mk, size, "ns-sends", "host-sends")
+}
+
+// namedTransfer is a transfer and the name of its subtest.
+type namedTransfer = struct {
+	name string
+	tr   transfer
+}
+
+// shapes returns the three transfers of size bytes that mk makes for a
+// server mode: the client sends (clientSends, the server a sink), the
+// server sends (serverSends, a source), both at once (an echo).
+func shapes(mk func(mode string, send, reply int64) transfer, size int64, clientSends, serverSends string) []namedTransfer {
+	return []namedTransfer{
+		{clientSends, mk("sink", size, 0)},
+		{serverSends, mk("source", 0, size)},
 		{"both", mk("echo", size, size)},
 	}
 }
@@ -619,25 +634,31 @@ func TestTCPHalfClose(t *testing.T) {
 				from: ap(f.remote, 0), wantPeer: netip.AddrPortFrom(f.remote, 0), peerIsClient: true}},
 		}
 		for _, c := range cases {
-			t.Run(f.name+"/"+c.name, func(t *testing.T) {
-				tr := c.tr
-				tr.mode, tr.send, tr.reply = "sink", 256*kib, 64*kib
-				tr.serverArgs = []string{"-reply-delay", delay.String()}
-				o := tr.run(t, n)
-				if !o.ok {
-					return
-				}
-				cr, sr := o.c, o.s
-				// The reply left the server only after it saw EOF and
-				// waited; the client must have half-closed before.
-				if cr.FirstByteMs < cr.ShutMs+float64(delay/time.Millisecond)*0.8 {
-					t.Errorf("client half-closed at %.1f ms and got the first byte of the reply at %.1f ms; the server waited %v after EOF (at %.1f ms of its own)",
-						cr.ShutMs, cr.FirstByteMs, delay, sr.EOFMs)
-				}
-				t.Logf("client FIN at %.1f ms, server EOF at %.1f ms, reply from %.1f ms, EOF at %.1f ms", cr.ShutMs, sr.EOFMs, cr.FirstByteMs, cr.EOFMs)
-			})
+			t.Run(f.name+"/"+c.name, func(t *testing.T) { c.tr.runHalfClose(t, n, delay) })
 		}
 	}
+}
+
+// runHalfClose runs tr as a half-closed exchange: the client sends 256
+// KiB and half-closes; the server reads to EOF, waits delay and only then
+// replies 64 KiB and closes. Beyond the checks of run, the client must
+// get the first byte of the reply after its own FIN (and the wait).
+func (tr transfer) runHalfClose(t *testing.T, n *tcpNS, delay time.Duration) {
+	t.Helper()
+	tr.mode, tr.send, tr.reply = "sink", 256*kib, 64*kib
+	tr.serverArgs = []string{"-reply-delay", delay.String()}
+	o := tr.run(t, n)
+	if !o.ok {
+		return
+	}
+	cr, sr := o.c, o.s
+	// The reply left the server only after it saw EOF and
+	// waited; the client must have half-closed before.
+	if cr.FirstByteMs < cr.ShutMs+float64(delay/time.Millisecond)*0.8 {
+		t.Errorf("client half-closed at %.1f ms and got the first byte of the reply at %.1f ms; the server waited %v after EOF (at %.1f ms of its own)",
+			cr.ShutMs, cr.FirstByteMs, delay, sr.EOFMs)
+	}
+	t.Logf("client FIN at %.1f ms, server EOF at %.1f ms, reply from %.1f ms, EOF at %.1f ms", cr.ShutMs, sr.EOFMs, cr.FirstByteMs, cr.EOFMs)
 }
 
 // resetResult is what "tcptool reset" prints.
@@ -690,31 +711,7 @@ func TestTCPReset(t *testing.T) {
 					p := nextPort()
 					c.listen, c.to = ap(f.loopback, p), ap(f.gw, p)
 				}
-				srvRole, cliRole := "victim", "resetter"
-				if !c.resetterIsClient {
-					srvRole, cliRole = "resetter", "victim"
-				}
-				srv := c.server.start(t, sb, "reset", "-l", c.listen, "-role", srvRole, "-timeout", "20s")
-				srv.WaitLine(t, "ready", 10*time.Second)
-				cli := c.client.run(t, sb, 30*time.Second, "reset", "-to", c.to, "-role", cliRole, "-timeout", "20s")
-				sr := finish(srv, 30*time.Second)
-				var rs, vs resetResult
-				rrun, vrun := cli, sr
-				if !c.resetterIsClient {
-					rrun, vrun = sr, cli
-				}
-				errR, errV := jsonLine(rrun.stdout, `{"role"`, &rs), jsonLine(vrun.stdout, `{"role"`, &vs)
-				if errR != nil || errV != nil || rs.ResetNs == 0 {
-					t.Fatalf("no results (%v, %v)\nresetter %s\nvictim %s\n%s", errR, errV, rrun, vrun, n.diag())
-				}
-				d := time.Duration(vs.ErrorNs - rs.ResetNs)
-				if !strings.Contains(vs.Errno, "ECONNRESET") || vrun.code != 0 {
-					t.Errorf("victim's errors %q (%s), the first %v after the RST, want ECONNRESET on one of them\nresetter %s\nvictim %s\n%s", vs.Errno, vs.Err, d, rrun, vrun, n.diag())
-				} else if d < 0 || d > time.Second {
-					t.Errorf("victim saw %s %v after the RST, want within 1 s\nresetter %s\nvictim %s\n%s", vs.Errno, d, rrun, vrun, n.diag())
-				} else {
-					t.Logf("victim saw %s %v after the RST (it had sent %d bytes)", vs.Errno, d.Round(time.Microsecond), vs.Sent)
-				}
+				runReset(t, n, c.server, c.client, c.listen, c.to, c.resetterIsClient)
 			})
 		}
 		t.Run(f.name+"/refused", func(t *testing.T) {
@@ -729,28 +726,70 @@ func TestTCPReset(t *testing.T) {
 			}
 		})
 		t.Run(f.name+"/closed-in-namespace", func(t *testing.T) {
-			r := worldPlace(sb).run(t, sb, 15*time.Second, "client", "-to", ap(f.host, closedFwd), "-send", "0", "-expect", "0", "-timeout", "5s")
-			var cr clientResult
-			if err := jsonLine(r.stdout, `{"local"`, &cr); err != nil {
-				t.Fatalf("%v\n%s", err, r)
-			}
-			// Refused at connect (gopasst did not accept yet), or
-			// accepted and then closed (EOF) or reset.
-			end := cr.ConnectMs
-			switch {
-			case cr.Errno == "ECONNREFUSED" || cr.Errno == "ECONNRESET":
-				end += cr.Ms
-			case cr.OK:
-				end += cr.EOFMs
-			default:
-				t.Fatalf("connection to a -t port no one listens on in the namespace: %s (%s), want it refused, reset or closed\n%s\n%s", cr.Errno, cr.Err, r, n.diag())
-			}
-			if end > 1000 {
-				t.Errorf("connection to a -t port no one listens on in the namespace ended after %.0f ms (errno %q), want within 1 s\n%s\n%s", end, cr.Errno, r, n.diag())
-			}
-			t.Logf("connection ended after %.1f ms: %s", end, map[bool]string{true: "EOF", false: cr.Errno}[cr.OK])
+			closedForward(t, n, worldPlace(sb), ap(f.host, closedFwd), "-t", "in the namespace")
 		})
 	}
+}
+
+// runReset runs one RST test (see TestTCPReset) between a tcptool reset
+// server at server, listening on listen, and its client at client,
+// connecting to to; the resetter is the client if resetterIsClient, else
+// the server. The victim must see ECONNRESET within 1 s of the RST.
+func runReset(t *testing.T, n *tcpNS, server, client place, listen, to string, resetterIsClient bool) {
+	t.Helper()
+	sb := n.sb
+	srvRole, cliRole := "victim", "resetter"
+	if !resetterIsClient {
+		srvRole, cliRole = "resetter", "victim"
+	}
+	srv := server.start(t, sb, "reset", "-l", listen, "-role", srvRole, "-timeout", "20s")
+	srv.WaitLine(t, "ready", 10*time.Second)
+	cli := client.run(t, sb, 30*time.Second, "reset", "-to", to, "-role", cliRole, "-timeout", "20s")
+	sr := finish(srv, 30*time.Second)
+	var rs, vs resetResult
+	rrun, vrun := cli, sr
+	if !resetterIsClient {
+		rrun, vrun = sr, cli
+	}
+	errR, errV := jsonLine(rrun.stdout, `{"role"`, &rs), jsonLine(vrun.stdout, `{"role"`, &vs)
+	if errR != nil || errV != nil || rs.ResetNs == 0 {
+		t.Fatalf("no results (%v, %v)\nresetter %s\nvictim %s\n%s", errR, errV, rrun, vrun, n.diag())
+	}
+	d := time.Duration(vs.ErrorNs - rs.ResetNs)
+	if !strings.Contains(vs.Errno, "ECONNRESET") || vrun.code != 0 {
+		t.Errorf("victim's errors %q (%s), the first %v after the RST, want ECONNRESET on one of them\nresetter %s\nvictim %s\n%s", vs.Errno, vs.Err, d, rrun, vrun, n.diag())
+	} else if d < 0 || d > time.Second {
+		t.Errorf("victim saw %s %v after the RST, want within 1 s\nresetter %s\nvictim %s\n%s", vs.Errno, d, rrun, vrun, n.diag())
+	} else {
+		t.Logf("victim saw %s %v after the RST (it had sent %d bytes)", vs.Errno, d.Round(time.Microsecond), vs.Sent)
+	}
+}
+
+// closedForward connects from client to to, a port gopasst forwards
+// (option opt) to where no one listens (where), and checks that the
+// connection is refused, or accepted and then closed or reset, within 1 s.
+func closedForward(t *testing.T, n *tcpNS, client place, to, opt, where string) {
+	t.Helper()
+	r := client.run(t, n.sb, 15*time.Second, "client", "-to", to, "-send", "0", "-expect", "0", "-timeout", "5s")
+	var cr clientResult
+	if err := jsonLine(r.stdout, `{"local"`, &cr); err != nil {
+		t.Fatalf("%v\n%s", err, r)
+	}
+	// Refused at connect (gopasst did not accept yet), or
+	// accepted and then closed (EOF) or reset.
+	end := cr.ConnectMs
+	switch {
+	case cr.Errno == "ECONNREFUSED" || cr.Errno == "ECONNRESET":
+		end += cr.Ms
+	case cr.OK:
+		end += cr.EOFMs
+	default:
+		t.Fatalf("connection to a %s port no one listens on %s: %s (%s), want it refused, reset or closed\n%s\n%s", opt, where, cr.Errno, cr.Err, r, n.diag())
+	}
+	if end > 1000 {
+		t.Errorf("connection to a %s port no one listens on %s ended after %.0f ms (errno %q), want within 1 s\n%s\n%s", opt, where, end, cr.Errno, r, n.diag())
+	}
+	t.Logf("connection ended after %.1f ms: %s", end, map[bool]string{true: "EOF", false: cr.Errno}[cr.OK])
 }
 
 // TestTCPSlowReader checks that a reader which pauses 1 to 10 ms between
@@ -802,13 +841,7 @@ type manyResult struct {
 func TestTCPManyConnections(t *testing.T) {
 	sb := sandbox.New(t)
 	const concurrent, sequential = 1000, 10000
-	_, hard, err := watch.NofileLimit(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if hard >= 0 && hard < 2*concurrent+100 {
-		t.Skipf("hard open-file limit %d: too low for %d connections at once (tcptool and gopasst need one descriptor each, and more)", hard, concurrent)
-	}
+	needNofile(t, 2*concurrent+100, fmt.Sprintf("%d connections at once (tcptool and gopasst need one descriptor each, and more)", concurrent))
 	// No automatic forwarding, whose listeners would come and go.
 	n := startTCPNS(t, sb, "-t", "none", "-T", "none", "-u", "none", "-U", "none")
 	time.Sleep(500 * time.Millisecond)
@@ -820,53 +853,80 @@ func TestTCPManyConnections(t *testing.T) {
 	for _, f := range families {
 		t.Run(f.name, func(t *testing.T) {
 			port := nextPort()
-			total := concurrent + sequential
-			srv := hostPlace(sb).start(t, sb, "serve", "-l", ap(f.loopback, port), "-mode", "echo", "-count", strconv.Itoa(total), "-quiet", "-timeout", "300s")
-			srv.WaitLine(t, "ready", 10*time.Second)
-			hold := filepath.Join(t.TempDir(), "hold")
-			cli := n.place().start(t, sb, "many", "-to", ap(f.gw, port), "-concurrent", strconv.Itoa(concurrent), "-sequential", strconv.Itoa(sequential),
-				"-size", "100", "-hold", hold, "-timeout", "240s")
-			start := time.Now()
-			cli.WaitLine(t, "holding ", 120*time.Second)
-			opened := time.Since(start)
-			held := n.counters(t)
-			heldFDs := n.fds(t)
-			touch(t, hold)
-			cr := finish(cli, 300*time.Second)
-			var conc, closing, seq manyResult
-			errs := errors.Join(jsonLine(cr.stdout, `{"phase":"concurrent"`, &conc), jsonLine(cr.stdout, `{"phase":"concurrent-close"`, &closing),
-				jsonLine(cr.stdout, `{"phase":"sequential"`, &seq))
-			if errs != nil || cr.code != 0 || conc.OK != concurrent || closing.OK != concurrent || seq.OK != sequential {
-				t.Errorf("client: %v\nconcurrent %+v\nclose %+v\nsequential %+v\n%s\n%s", errs, conc, closing, seq, cr, n.diag())
-			}
-			if got := held[tcpActive] - base[tcpActive]; got != concurrent {
-				t.Errorf("with %d connections held open, %q is %d (%d before)\n%s", conc.OK, tcpActive, held[tcpActive], base[tcpActive], n.diag())
-			}
-			t.Logf("%d connections at once in %v (%d descriptors, %d idle); %d sequential in %.1f s (%.2f ms each)",
-				conc.OK, opened.Round(time.Millisecond), heldFDs, baseFDs, seq.OK, seq.Ms/1000, seq.Ms/float64(max(seq.OK, 1)))
-			sr := finish(srv, 30*time.Second)
-			var sum serveSummary
-			if err := jsonLine(sr.stdout, `{"summary"`, &sum); err != nil || sr.code != 0 || sum.Conns != total || sum.OK != total {
-				t.Errorf("echo server: %+v (%v), want %d connections served byte-exact\n%s", sum, err, total, sr)
-			}
-			// Teardown: no connection left, descriptors back.
-			const slack, teardown = 2, 10 * time.Second
-			done := time.Now()
-			for {
-				c, fds := n.counters(t), n.fds(t)
-				if c[tcpActive] == base[tcpActive] && fds <= baseFDs+slack {
-					t.Logf("all connections gone and %d descriptors (%d before) %v after the last one closed", fds, baseFDs, time.Since(done).Round(10*time.Millisecond))
-					break
-				}
-				if time.Since(done) > teardown {
-					t.Errorf("%v after the last connection closed: %q %d (%d before), %d descriptors (%d before)\n%s",
-						teardown, tcpActive, c[tcpActive], base[tcpActive], fds, baseFDs, n.diag())
-					break
-				}
-				time.Sleep(200 * time.Millisecond)
-			}
+			manyConnections(t, n, hostPlace(sb), ap(f.loopback, port), n.place(), ap(f.gw, port), concurrent, sequential, base, baseFDs)
 		})
 	}
+}
+
+// needNofile skips t unless the hard open-file limit allows want
+// descriptors; why says what needs them.
+func needNofile(t *testing.T, want int64, why string) {
+	t.Helper()
+	_, hard, err := watch.NofileLimit(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hard >= 0 && hard < want {
+		t.Skipf("hard open-file limit %d: too low for %s", hard, why)
+	}
+}
+
+// manyConnections runs the connections of TestTCPManyConnections: a
+// tcptool echo server at server, listening on listen, and "tcptool many"
+// at client, to to, concurrent connections at once, held open, then
+// sequential one after another; base and baseFDs are gopasst's counters
+// and descriptor count before. It returns gopasst's counters while the
+// concurrent connections were held open.
+func manyConnections(t *testing.T, n *tcpNS, server place, listen string, client place, to string, concurrent, sequential int,
+	base map[string]int64, baseFDs int) map[string]int64 {
+	t.Helper()
+	sb := n.sb
+	total := concurrent + sequential
+	srv := server.start(t, sb, "serve", "-l", listen, "-mode", "echo", "-count", strconv.Itoa(total), "-quiet", "-timeout", "300s")
+	srv.WaitLine(t, "ready", 10*time.Second)
+	hold := filepath.Join(t.TempDir(), "hold")
+	cli := client.start(t, sb, "many", "-to", to, "-concurrent", strconv.Itoa(concurrent), "-sequential", strconv.Itoa(sequential),
+		"-size", "100", "-hold", hold, "-timeout", "240s")
+	start := time.Now()
+	cli.WaitLine(t, "holding ", 120*time.Second)
+	opened := time.Since(start)
+	held := n.counters(t)
+	heldFDs := n.fds(t)
+	touch(t, hold)
+	cr := finish(cli, 300*time.Second)
+	var conc, closing, seq manyResult
+	errs := errors.Join(jsonLine(cr.stdout, `{"phase":"concurrent"`, &conc), jsonLine(cr.stdout, `{"phase":"concurrent-close"`, &closing),
+		jsonLine(cr.stdout, `{"phase":"sequential"`, &seq))
+	if errs != nil || cr.code != 0 || conc.OK != concurrent || closing.OK != concurrent || seq.OK != sequential {
+		t.Errorf("client: %v\nconcurrent %+v\nclose %+v\nsequential %+v\n%s\n%s", errs, conc, closing, seq, cr, n.diag())
+	}
+	if got := held[tcpActive] - base[tcpActive]; got != int64(concurrent) {
+		t.Errorf("with %d connections held open, %q is %d (%d before)\n%s", conc.OK, tcpActive, held[tcpActive], base[tcpActive], n.diag())
+	}
+	t.Logf("%d connections at once in %v (%d descriptors, %d idle); %d sequential in %.1f s (%.2f ms each)",
+		conc.OK, opened.Round(time.Millisecond), heldFDs, baseFDs, seq.OK, seq.Ms/1000, seq.Ms/float64(max(seq.OK, 1)))
+	sr := finish(srv, 30*time.Second)
+	var sum serveSummary
+	if err := jsonLine(sr.stdout, `{"summary"`, &sum); err != nil || sr.code != 0 || sum.Conns != total || sum.OK != total {
+		t.Errorf("echo server: %+v (%v), want %d connections served byte-exact\n%s", sum, err, total, sr)
+	}
+	// Teardown: no connection left, descriptors back.
+	const slack, teardown = 2, 10 * time.Second
+	done := time.Now()
+	for {
+		c, fds := n.counters(t), n.fds(t)
+		if c[tcpActive] == base[tcpActive] && fds <= baseFDs+slack {
+			t.Logf("all connections gone and %d descriptors (%d before) %v after the last one closed", fds, baseFDs, time.Since(done).Round(10*time.Millisecond))
+			break
+		}
+		if time.Since(done) > teardown {
+			t.Errorf("%v after the last connection closed: %q %d (%d before), %d descriptors (%d before)\n%s",
+				teardown, tcpActive, c[tcpActive], base[tcpActive], fds, baseFDs, n.diag())
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return held
 }
 
 // TestTCPDisabled checks --no-tcp: a connection from the namespace to the

@@ -215,12 +215,12 @@ func TestTCPAutoForwarding(t *testing.T) {
 }
 
 // TestTCPAutoForwardingReverse checks "-T auto" beside "-t auto": a port
-// a host server listens on is taken up within two seconds, and either
-// forwarded, the namespace's loopback then echoing byte-exact through it,
-// or, where the engine cannot forward it (TCP splice is not there yet),
-// pasta says once that it does not scan for -T, or a failure is logged
-// once per listening socket and left at that, gopasst running on. The
-// host listener gopasst itself opens for -t is never forwarded back.
+// a host server listens on (127.0.0.1:7791, there before gopasst) is
+// forwarded within three seconds of the namespace's server listening, the
+// namespace's loopback then echoing byte-exact through it (TCP splice);
+// the host listener gopasst itself opens for -t (port 7790, for the
+// namespace's server) is never forwarded back, nor is the namespace's -T
+// listener forwarded again by -t, over three more scans.
 func TestTCPAutoForwardingReverse(t *testing.T) {
 	sb := sandbox.New(t)
 	self, err := os.Executable()
@@ -274,37 +274,33 @@ func TestTCPAutoForwardingReverse(t *testing.T) {
 		}
 		return out
 	}
-	for len(reverse()) == 0 || !strings.Contains(p.Stderr(), "TCP auto forwarding (-t): opened port 7790") {
+	for !strings.Contains(p.Stderr(), prefix+"opened port 7791 -> 7791") || !strings.Contains(p.Stderr(), "TCP auto forwarding (-t): opened port 7790") {
 		if time.Since(start) > 3*time.Second {
 			t.Fatalf("no -t forward of port 7790 or no -T forward of port 7791 3 s after start\n%s", p.Stderr())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	t.Logf("both forwards open %v after the namespace's server listened", time.Since(start).Round(10*time.Millisecond))
+	dial := dialIn(t, "/proc/"+childPID(t, p)+"/ns/net")
+	for _, size := range []int{0, 1, 1460, 200000} {
+		if err := echoVia(dial, "127.0.0.1:7791", size); err != nil {
+			t.Errorf("the namespace's 127.0.0.1:7791: %v\n%s", err, p.Stderr())
+		}
+	}
 	// Three more scans.
 	time.Sleep(3 * time.Second)
 	lines := reverse()
-	if strings.Contains(p.Stderr(), prefix+"opened port 7791 -> 7791") {
-		dial := dialIn(t, "/proc/"+childPID(t, p)+"/ns/net")
-		for _, size := range []int{0, 1, 1460, 200000} {
-			if err := echoVia(dial, "127.0.0.1:7791", size); err != nil {
-				t.Errorf("the namespace's 127.0.0.1:7791: %v", err)
-			}
-		}
-	} else if len(lines) == 1 && strings.HasPrefix(lines[0], "not served yet") {
-		// Until TCP splice exists, pasta runs no -T scanner.
-		t.Logf("-T: %s", lines[0])
-	} else {
-		t.Logf("-T forward not opened (%d messages): %q", len(lines), lines)
-		// One failure per listening socket (127.0.0.1, ::1) for
-		// port 7791; anything more is a failure logged again, or a
-		// forward of gopasst's own -t listener.
-		if len(lines) > 2 {
-			t.Errorf("%d -T messages, want at most 2 (one per listening socket of port 7791): %q", len(lines), lines)
-		}
-	}
 	for _, l := range lines {
 		if strings.Contains(l, "7790") {
 			t.Errorf("gopasst's own host port 7790 taken up by -T: %q", l)
+		}
+	}
+	if want := "opened port 7791 -> 7791"; len(lines) != 1 || lines[0] != want {
+		t.Errorf("-T messages %q, want only %q", lines, want)
+	}
+	for _, l := range strings.Split(p.Stderr(), "\n") {
+		if _, msg, ok := strings.Cut(l, "TCP auto forwarding (-t): "); ok && strings.Contains(msg, "7791") {
+			t.Errorf("the namespace's -T listener on port 7791 taken up by -t: %q", msg)
 		}
 	}
 	if strings.Contains(p.Stderr(), "auto forwarding disabled") {

@@ -11,11 +11,12 @@ import (
 	"github.com/gopasst/gopasst/internal/e2e/sandbox"
 )
 
-// TestQuick runs the benchmark binary in -quick mode on three scenarios:
-// plain senders through the tap and spliced, and a segmenting sender
+// TestQuick runs the benchmark binary in -quick mode on four scenarios:
+// plain senders through the tap and spliced, a segmenting sender
 // (UDP_SEGMENT, to a UDP_GRO receiver) through the tap, host to namespace
 // (the other direction uses the same tools and would make the test take
-// over 30 s). It checks that every translator that runs a scenario
+// over 30 s), and a TCP stream through the tap, host to namespace (a -t
+// port). It checks that every translator that runs a scenario
 // (gopasst --no-offload too, in the tap goodput scenarios) moved data
 // intact on the path meant, never how fast: data that moved while the
 // machine was too busy to let it move in the short measured part counts.
@@ -36,7 +37,7 @@ func TestQuick(t *testing.T) {
 	out := filepath.Join(dir, "table.md")
 	trials := filepath.Join(dir, "trials.json")
 	cmd := exec.Command(bin, "-quick", "-run",
-		"^(goodput/tap-ns-host/ipv4/1372|goodput/splice-host-ns/ipv6/1372|goodput-gso/tap-host-ns/ipv4/1372)$",
+		"^(goodput/tap-ns-host/ipv4/1372|goodput/splice-host-ns/ipv6/1372|goodput-gso/tap-host-ns/ipv4/1372|tcp/tap-host-ns/ipv4/goodput)$",
 		"-o", out, "-json", trials)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -62,6 +63,7 @@ func TestQuick(t *testing.T) {
 	want := []string{
 		"goodput/tap-ns-host/ipv4/1372 gopasst", "goodput/tap-ns-host/ipv4/1372 pasta", "goodput/tap-ns-host/ipv4/1372 " + noOffload,
 		"goodput/splice-host-ns/ipv6/1372 gopasst", "goodput/splice-host-ns/ipv6/1372 pasta",
+		"tcp/tap-host-ns/ipv4/goodput gopasst", "tcp/tap-host-ns/ipv4/goodput pasta",
 	}
 	for _, tr := range []string{"gopasst", "pasta", noOffload} {
 		want = append(want, "goodput-gso/tap-host-ns/ipv4/1372 "+tr)
@@ -79,7 +81,7 @@ func TestQuick(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, row := range []string{"| Goodput, tap ns→host, IPv4, 1372 B |", "| Goodput, tap host→ns, IPv4, 47 × 1372 B per sendmsg (UDP_SEGMENT), UDP_GRO receiver |",
-		"| " + noOffload + " |"} {
+		"| " + noOffload + " |", "| TCP goodput, tap host→ns, IPv4 |"} {
 		if !strings.Contains(string(table), row) {
 			t.Errorf("table lacks %q:\n%s", row, table)
 		}

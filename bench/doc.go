@@ -19,6 +19,10 @@
 //	gopasst pasta --config-net -f -q -t none -T none -u 10001 -U 10002 PID
 //	pasta         --config-net -f -q -t none -T none -u 10001 -U 10002 PID
 //
+// The TCP scenarios (tcp/…) forward TCP ports too, "-t 10011 -T 10012"
+// in place of "-t none -T none", for both translators; the UDP scenarios
+// run without TCP forwarding, as before.
+//
 // A third translator, the variant "gopasst --no-offload", runs exactly like
 // gopasst with that option added (plain tap frames, no UDP_SEGMENT or
 // UDP_GRO on its sockets), in the scenarios that ask for it: the tap
@@ -40,12 +44,15 @@
 // counts if its size, magic and every payload byte are right; optionally
 // with UDP_GRO, splitting each message it receives at the segment size the
 // kernel reports and checking every segment as a datagram of its own), an
-// echo server, a request/response client and a many-flows sender. Tools on the host side
+// echo server, a request/response client and a many-flows sender; for
+// TCP, a stream sender, a verifying stream sink, an echo server, a
+// request/response client, and a connecting client with a server that
+// accepts and closes (see tcpTools). Tools on the host side
 // run in the sandbox's host namespace; tools on the guest side run in the
 // translator's namespace under nsenter(1), as root. Every destination is a
 // loopback address or one of the sandbox's documentation addresses
-// (192.0.2.0/24, 2001:db8::/32), which the tools check: no datagram can
-// leave the machine.
+// (192.0.2.0/24, 2001:db8::/32), which the tools check (the TCP tools
+// too, before every connect): no datagram can leave the machine.
 //
 // # Paths
 //
@@ -58,6 +65,16 @@
 //   - splice ns→host: the namespace sends to its loopback, port 10002 (-U).
 //   - splice host→ns: the host sends to its loopback, port 10001 (-u).
 //
+// TCP takes the same four paths, with ports of its own: tap ns→host, the
+// namespace connects to its gateway, port 10013, where the sink listens
+// on the host's loopback; tap host→ns, the host connects to 192.0.2.2 or
+// 2001:db8::2, port 10011 (-t); splice ns→host, the namespace connects to
+// its loopback, port 10012 (-T); splice host→ns, the host connects to its
+// loopback, port 10011 (-t). A trial of a TCP scenario starts only once
+// the translator listens on 10011 on the host and on 10012 in the
+// namespace, IPv4 and IPv6 (the reference listens on the host with one
+// dual-stack socket).
+//
 // Every trial checks that the traffic took the path it was meant to: the
 // namespace's tap device must have carried at least (nearly) as many
 // bytes as reached the receiver on the tap paths, and under 1% of that on
@@ -65,7 +82,12 @@
 // whole life, so that a receiver that falls behind, or counters read late
 // on a busy machine, do not spoil the comparison). Trials that fail this,
 // receive datagrams of the wrong size or content, or fail at all, are
-// listed under the table and make the exit status 1.
+// listed under the table and make the exit status 1. TCP trials check
+// the same; the TCP request/response and connection trials, which move
+// almost no payload, check the tap bytes against the least the tap must
+// carry if the path is right: two segments of 54 bytes (Ethernet, IPv4
+// and TCP headers) per transaction, four (SYN, SYN-ACK and two FINs) per
+// connection, warm-up included.
 //
 // # Measurements
 //
@@ -110,12 +132,34 @@
 //     CPU time over -dur divided by the datagrams that arrived. Both
 //     translators open a host socket per flow; the open-file limit is
 //     raised for that (as far as the hard limit allows).
+//   - TCP goodput (tcp/PATH/FAMILY/goodput, four paths, IPv4 and IPv6):
+//     one connection; the sender writes a pseudo-random stream pattern
+//     (fixed seed, a period of 999,983 bytes) in writes of 256 KiB as
+//     fast as its socket takes them, for -warmup, then for -dur the sink
+//     counts the bytes that arrive equal to the pattern at their offset
+//     in the stream (a connection whose stream goes wrong counts as bad,
+//     and fails the trial). Also the translator's CPU time per GB of it
+//     (milliseconds, measured as for UDP), and the peak RSS.
+//   - TCP request/response (tcp/PATH/FAMILY/rr, tap and splice, namespace
+//     to host): one connection with TCP_NODELAY at both ends, one byte to
+//     an echo server on the host and back at a time; transactions per
+//     second and the 99th percentile of their time over -rr-dur, after
+//     200 transactions of warm-up. A wrong answer, or none within 2 s,
+//     fails the trial.
+//   - TCP connection rate (tcp/tap-ns-host/FAMILY/conn): one connection
+//     at a time from the namespace to the host's loopback through the tap:
+//     connect, the server accepts and closes at once, the client reads the
+//     end of the stream (no data) and closes; connections per second over
+//     -rr-dur after 200 of warm-up. The server being the one that closes
+//     first keeps TIME_WAIT off the client's ports.
 //   - Peak RSS: VmHWM of the translator's processes, summed (for gopasst
 //     its waiting parent too): idle, once started and the namespace has
 //     resolved its gateways (the reference touches most of its buffers
 //     with the first packets: about 14 MiB before, 30 MiB after); after
 //     each goodput trial (the largest of a repetition is reported); after
-//     each flows trial.
+//     each flows trial. TCP trials have rows of their own: idle with the
+//     TCP ports forwarded, and after each TCP goodput trial. The TCP rows
+//     come after all the UDP rows of the table.
 //
 // # Method
 //
@@ -134,5 +178,6 @@
 //
 // The default full run takes about 13 minutes on 2 cores (-dur is 1.5 s
 // since the segmenting scenarios and the --no-offload variant came in; it
-// was 2 s).
+// was 2 s), plus about 1.5 minutes a repetition for the TCP scenarios
+// (-run tcp selects them; -run '^[^t]' leaves them out).
 package main

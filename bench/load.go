@@ -112,6 +112,8 @@ type loadOpts struct {
 //	rr     -to ADDR:PORT -size N -dur D   one request outstanding
 //	flows  -to ADDR:PORT -size N -flows N -rate R   round robin over N sockets
 //	neigh  -to ADDR:PORT -to6 ADDR:PORT   resolve both gateways, then exit
+//
+// and the TCP tools of tcp.go (see [tcpTools]).
 func loadMain(args []string) int {
 	if len(args) == 0 {
 		fmt.Fprintln(os.Stderr, "load: no tool")
@@ -165,6 +167,9 @@ func loadMain(args []string) int {
 		"sink": runSink, "blast": runBlast, "gso": runGSO, "paced": runPaced,
 		"echo": runEcho, "rr": runRR, "flows": runFlows, "neigh": runNeigh,
 	}[tool]
+	if run == nil {
+		run = tcpTools[tool]
+	}
 	if run == nil {
 		fmt.Fprintf(os.Stderr, "load: unknown tool %q\n", tool)
 		return 2

@@ -358,13 +358,17 @@ func (b *Bench) trial(ctx context.Context, s Scenario, tr *Translator, rep int) 
 		name := fmt.Sprintf("%s-%s-%d.pcap", strings.ReplaceAll(s.Name, "/", "_"), strings.ReplaceAll(tr.Name, " ", ""), rep+1)
 		extra = []string{"-p", filepath.Join(b.opt.Pcap, name)}
 	}
-	in, err := b.startInstance(ctx, tr, extra...)
+	in, err := b.startInstance(ctx, tr, s.TCP, extra...)
 	if err != nil {
 		t.Err = err.Error()
 		return t
 	}
 	defer in.Stop()
-	t.add(secRSS, "Peak RSS, idle (started, gateways resolved)", "MiB ↓", in.RSS())
+	if s.TCP {
+		t.add(secTCPRSS, "Peak RSS, idle, TCP ports forwarded (started, gateways resolved)", "MiB ↓", in.RSS())
+	} else {
+		t.add(secRSS, "Peak RSS, idle (started, gateways resolved)", "MiB ↓", in.RSS())
+	}
 	if err := s.Run(ctx, b, in, &t); err != nil {
 		t.Err = err.Error()
 		t.Metrics = nil

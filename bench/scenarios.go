@@ -153,6 +153,10 @@ type Scenario struct {
 	// Variants also runs the scenario with the translators marked
 	// Variant (gopasst --no-offload).
 	Variants bool
+	// TCP makes the translators forward the TCP ports (see
+	// [translatorArgs]); the other scenarios run them with -t none -T
+	// none.
+	TCP bool
 }
 
 // rateSize is the payload of the loss search, the flows test, and the
@@ -208,7 +212,7 @@ func scenarios(b *Bench) []Scenario {
 				return b.flows(ctx, in, t, n)
 			}})
 	}
-	return out
+	return append(out, tcpScenarios()...)
 }
 
 var families = []Family{

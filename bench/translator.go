@@ -59,11 +59,16 @@ type Translator struct {
 }
 
 // translatorArgs are the options both translators get: configure the
-// namespace, stay in the foreground, no TCP, forward portFwd from the host
-// (-u) and portNS from the namespace (-U), attach to process pid's
-// namespaces.
-func translatorArgs(pid int) []string {
-	return []string{"--config-net", "-f", "-q", "-t", "none", "-T", "none",
+// namespace, stay in the foreground, no TCP (with tcp: forward
+// portTCPFwd from the host, -t, and portTCPNS from the namespace, -T),
+// forward portFwd from the host (-u) and portNS from the namespace (-U),
+// attach to process pid's namespaces.
+func translatorArgs(pid int, tcp bool) []string {
+	t, T := "none", "none"
+	if tcp {
+		t, T = strconv.Itoa(portTCPFwd), strconv.Itoa(portTCPNS)
+	}
+	return []string{"--config-net", "-f", "-q", "-t", t, "-T", T,
 		"-u", strconv.Itoa(portFwd), "-U", strconv.Itoa(portNS), strconv.Itoa(pid)}
 }
 
@@ -148,6 +153,8 @@ type Instance struct {
 	// tree are the processes of the translator seen so far (it, its
 	// threads' children, theirs).
 	tree map[int]string
+	// tcp is set if the translator forwards the TCP ports (-t, -T).
+	tcp bool
 }
 
 // NSPid returns the process whose network namespace the translator serves.
@@ -171,14 +178,15 @@ var userEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 // host namespace, a process holding a new user and network namespace,
 // then tr attached to it, and waits until the namespace is configured and
 // the forwarded ports are bound, and the namespace has resolved the
-// link-layer addresses of its gateways. Extra options come before the common
-// ones.
-func (b *Bench) startInstance(ctx context.Context, tr *Translator, extra ...string) (*Instance, error) {
+// link-layer addresses of its gateways. With tcp, the translator also
+// forwards the TCP ports (see [translatorArgs]). Extra options come before
+// the common ones.
+func (b *Bench) startInstance(ctx context.Context, tr *Translator, tcp bool, extra ...string) (*Instance, error) {
 	holder, err := start(b.userCommand("unshare", "--user", "--map-root-user", "--net", "sleep", "infinity"))
 	if err != nil {
 		return nil, fmt.Errorf("namespace holder: %w", err)
 	}
-	in := &Instance{tr: tr, holder: holder, tree: map[int]string{}}
+	in := &Instance{tr: tr, holder: holder, tree: map[int]string{}, tcp: tcp}
 	if err := in.waitHolder(b.probe.pid()); err != nil {
 		in.Stop()
 		return nil, err
@@ -193,7 +201,7 @@ func (b *Bench) startInstance(ctx context.Context, tr *Translator, extra ...stri
 		in.Stop()
 		return nil, fmt.Errorf("namespace sysctl: %v: %s", err, out)
 	}
-	argv := append(append(append([]string{}, tr.Argv...), extra...), translatorArgs(holder.pid())...)
+	argv := append(append(append([]string{}, tr.Argv...), extra...), translatorArgs(holder.pid(), tcp)...)
 	if in.proc, err = start(b.userCommand(argv...)); err != nil {
 		in.Stop()
 		return nil, fmt.Errorf("%s: %w", tr.Name, err)
@@ -241,7 +249,9 @@ func (in *Instance) waitHolder(probe int) error {
 // routes and a usable (not tentative) IPv6 address, the namespace side
 // of the -U port is bound (both families) and the host side of the -u
 // port is bound (both families, seen through probe, a process in the
-// sandbox's host namespace).
+// sandbox's host namespace), and, if the translator forwards TCP, the
+// same for the TCP ports: portTCPNS listening in the namespace,
+// portTCPFwd on the host.
 func (in *Instance) waitReady(ctx context.Context, probe int) error {
 	ns := in.NSPid()
 	deadline := time.Now().Add(readyTimeout)
@@ -259,6 +269,10 @@ func (in *Instance) waitReady(ctx context.Context, probe int) error {
 			missing = fmt.Sprintf("port %d bound in the namespace", portNS)
 		case !udpBound(probe, "udp", portFwd) || !udpBound(probe, "udp6", portFwd):
 			missing = fmt.Sprintf("port %d bound on the host", portFwd)
+		case in.tcp && !tcpListeningBoth(ns, portTCPNS):
+			missing = fmt.Sprintf("TCP port %d listening in the namespace", portTCPNS)
+		case in.tcp && !tcpListeningBoth(probe, portTCPFwd):
+			missing = fmt.Sprintf("TCP port %d listening on the host", portTCPFwd)
 		}
 		if missing == "" {
 			return nil

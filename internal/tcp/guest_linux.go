@@ -369,8 +369,8 @@ func (e *Engine) ackFromGuest(idx int32, f *flow.Flow, c *conn, s *segment) bool
 		}
 	}
 	c.sndWnd = wnd
-	if c.room() > oldRoom {
-		pd.grow = true
+	if c.stalled && c.room() > oldRoom {
+		pd.grow = true // data may wait in the socket: look again
 	}
 	return true
 }

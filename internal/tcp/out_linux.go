@@ -124,9 +124,11 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
 	partial := w.out.Partial()
 	mss := c.mss
 	stride := headroom + mss
+	c.stalled = false
 	for !c.finSent {
 		room := c.room()
 		if room == 0 {
+			c.stalled = true // the guest's ACK or window update kicks
 			break
 		}
 		nseg := min(maxSegs, len(w.data)/stride, int((room+uint32(mss)-1)/uint32(mss)))
@@ -135,6 +137,7 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
 		if !e.peekOff {
 			skip := int(c.sndNxt - c.sndUna)
 			if skip > len(e.discard) {
+				c.stalled = true
 				break
 			}
 			if skip > 0 {
@@ -206,9 +209,8 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
 			c.rtoAt = now + c.rto
 		}
 		c.lastAct = now
-		if n < want {
-			break // the queue is empty for now
-		}
+		// Edge-triggered: read on until the queue is empty (EAGAIN), so
+		// that an end of file that came with the last data is seen.
 	}
 	return true
 }

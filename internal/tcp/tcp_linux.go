@@ -196,8 +196,9 @@ type conn struct {
 	hostEOF, finSent, finAcked, guestFIN bool
 	finSeq                               uint32
 	// wantOut waits for room in the host's send buffer to update the
-	// window; keepalive is set once SO_KEEPALIVE is on.
-	wantOut, keepalive bool
+	// window; keepalive is set once SO_KEEPALIVE is on; stalled says the
+	// last read stopped at the end of the guest's window.
+	wantOut, keepalive, stalled bool
 	// Timers, in monotonic nanoseconds: the retransmission deadline (0:
 	// none) and timeout, retries of the current one, duplicate ACKs
 	// seen, and the last traffic.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -66,13 +67,21 @@ func enterNetns(t *testing.T) {
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		t.Skipf("no network namespace of our own: unshare: %v", err)
 	}
+	if err := loUp(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// loUp brings up the loopback of the calling thread's namespace.
+func loUp() error {
 	lo, err := netlink.LinkByName("lo")
 	if err == nil {
 		err = netlink.LinkSetUp(lo)
 	}
 	if err != nil {
-		t.Fatalf("lo up: %v", err)
+		return fmt.Errorf("lo up: %w", err)
 	}
+	return nil
 }
 
 // fakeTap collects the frames the engine writes to the guest.
@@ -94,6 +103,9 @@ type harness struct {
 	e   *Engine
 	tap *fakeTap
 	st  *stats.Counters
+	// stop stops the loop and releases the engine, once; the test's end
+	// does it if nobody did before.
+	stop func()
 }
 
 // newHarness puts the test in a namespace of its own and starts an
@@ -103,6 +115,13 @@ type harness struct {
 func newHarness(t *testing.T, mod func(*Config)) *harness {
 	t.Helper()
 	enterNetns(t)
+	return startHarness(t, mod)
+}
+
+// startHarness is newHarness in the namespace the calling thread is in
+// (where the loop's goroutine goes too).
+func startHarness(t *testing.T, mod func(*Config)) *harness {
+	t.Helper()
 	tap := &fakeTap{frames: make(chan []byte, 4096)}
 	loop, err := evloop.New()
 	if err != nil {
@@ -151,7 +170,7 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 		loop.Discard()
 		t.Fatalf("setns: %v", err)
 	}
-	t.Cleanup(func() {
+	stop := sync.OnceFunc(func() {
 		loop.Close()
 		<-loop.Done()
 		if err := <-done; err != nil {
@@ -159,7 +178,8 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 		}
 		e.Release()
 	})
-	return &harness{t: t, e: e, tap: tap, st: st}
+	t.Cleanup(stop)
+	return &harness{t: t, e: e, tap: tap, st: st, stop: stop}
 }
 
 // rxSeg is a segment the engine sent to the guest, as gopacket decoded

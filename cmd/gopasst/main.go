@@ -81,6 +81,9 @@ func run(argv []string) int {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name(mode), err)
 		return 1
 	}
+	for _, w := range cfg.Warnings {
+		log.Warnf("%s", w)
+	}
 	if mode == conf.ModePasst {
 		return passt.Run(cfg, protocols.All)
 	}

@@ -483,13 +483,37 @@ func (p *parser) finish() error {
 	if c.ConfigNet {
 		c.NoRA = true
 	}
-	if c.MTU != 0 {
-		if c.MTU < 68 && !c.IPv6Only {
-			c.Warnings = append(c.Warnings, fmt.Sprintf("MTU %d is too small for IPv4 (minimum 68)", c.MTU))
-		}
-		if c.MTU < 1280 && !c.IPv4Only {
-			c.Warnings = append(c.Warnings, fmt.Sprintf("MTU %d is too small for IPv6 (minimum 1280)", c.MTU))
-		}
+	return p.checkMTU()
+}
+
+// Smallest MTUs of each family (RFC 791, RFC 8200).
+const (
+	MinMTU4 = 68
+	MinMTU6 = 1280
+)
+
+// checkMTU refuses an MTU that no family could use, and one too small for
+// IPv6 where pasta would configure IPv6 on the namespace's interface
+// with it (the kernel removes IPv6 from an interface with such an MTU:
+// the reference warns and then fails to add the address). Elsewhere an
+// MTU too small for one family is a warning, as with the reference.
+func (p *parser) checkMTU() error {
+	c := p.cfg
+	if c.MTU == 0 || c.SpliceOnly { // no tap device, no guest
+		return nil
+	}
+	small4 := fmt.Sprintf("MTU %d is too small for IPv4 (minimum %d)", c.MTU, MinMTU4)
+	small6 := fmt.Sprintf("MTU %d is too small for IPv6 (minimum %d)", c.MTU, MinMTU6)
+	switch {
+	case c.MTU < MinMTU4 && c.IPv6Only:
+		// Nor does the kernel take it for an Ethernet device.
+		return &OptionError{Opt: "-m", Reason: small6}
+	case c.MTU < MinMTU4:
+		return &OptionError{Opt: "-m", Reason: small4}
+	case c.MTU < MinMTU6 && !c.IPv4Only && p.mode == ModePasta && c.ConfigNet:
+		return &OptionError{Opt: "-m", Reason: small6 + ", give -4 for IPv4 only"}
+	case c.MTU < MinMTU6 && !c.IPv4Only:
+		c.Warnings = append(c.Warnings, small6)
 	}
 	return nil
 }

@@ -95,6 +95,14 @@ func TestParse(t *testing.T) {
 		{"mtu max", ModePasta, []string{"-m", "65521"}, func(c *Config) bool { return c.MTU == MaxMTU }},
 		{"small mtu warns", ModePasta, []string{"-m", "576"}, func(c *Config) bool { return len(c.Warnings) == 1 }},
 		{"small mtu fine for -4", ModePasta, []string{"-4", "-m", "576"}, func(c *Config) bool { return len(c.Warnings) == 0 }},
+		{"ipv4 minimum mtu", ModePasta, []string{"-4", "--config-net", "-m", "68"}, func(c *Config) bool { return c.MTU == 68 && len(c.Warnings) == 0 }},
+		{"ipv6 minimum mtu", ModePasta, []string{"--config-net", "-m", "1280"}, func(c *Config) bool { return c.MTU == 1280 && len(c.Warnings) == 0 }},
+		{"small mtu warns in passt", ModePasst, []string{"-m", "68"}, func(c *Config) bool {
+			return len(c.Warnings) == 1 && c.Warnings[0] == "MTU 68 is too small for IPv6 (minimum 1280)"
+		}},
+		{"small mtu warns for -6 in passt", ModePasst, []string{"-6", "-m", "1000"}, func(c *Config) bool { return len(c.Warnings) == 1 }},
+		{"mtu unused with --splice-only", ModePasta, []string{"--config-net", "--splice-only", "-m", "60"}, func(c *Config) bool { return len(c.Warnings) == 0 }},
+		{"last mtu counts", ModePasta, []string{"--config-net", "-m", "68", "-m", "1500"}, func(c *Config) bool { return c.MTU == 1500 }},
 
 		// Addresses.
 		{"address class C", ModePasta, []string{"-a", "192.0.2.1"},
@@ -397,9 +405,42 @@ func TestParseErrors(t *testing.T) {
 		{ModePasta, []string{"-u", "53", "--no-udp"}, "UDP is disabled"},
 		{ModePasta, []string{"-4", "-t", "::1/22"}, "IPv6 is disabled"},
 		{ModePasta, []string{"-T", "127.0.0.1/22"}, "not allowed for -T"},
-		{ModePasta, []string{"-t", "22", "-t", "none"}, "'none' conflicts with previous -t options"},
+		{ModePasta, []string{"-t", "22", "-t", "none"}, "specific ports cannot be specified together with all/none/auto"},
+		{ModePasta, []string{"-t", "auto", "-t", "none"}, "'none' conflicts with previous -t options"},
 		{ModePasta, []string{"-t", "22", "-t", "20-30"}, "overlaps"},
 		{ModePasta, []string{"-t", "auto", "-t", "22"}, "overlaps"},
+
+		// "none" and ports for the same option, in either order.
+		{ModePasta, []string{"-u", "none", "-u", "15353"}, `invalid port specification "15353" for -u: specific ports cannot be specified together with all/none/auto`},
+		{ModePasta, []string{"-u", "15353", "-u", "none"}, `invalid port specification "none" for -u: specific ports cannot be specified together with all/none/auto`},
+		{ModePasta, []string{"-t", "none", "-t", "8080:80"}, "-t: specific ports cannot be specified together with all/none/auto"},
+		{ModePasta, []string{"-t", "8080:80", "-t", "none"}, "-t: specific ports cannot be specified together with all/none/auto"},
+		{ModePasta, []string{"-T", "none", "-T", "5432"}, "-T: specific ports cannot be specified together with all/none/auto"},
+		{ModePasta, []string{"-T", "5432", "-T", "none"}, "-T: specific ports cannot be specified together with all/none/auto"},
+		{ModePasta, []string{"-U", "none", "-U", "53"}, "-U: specific ports cannot be specified together with all/none/auto"},
+		{ModePasta, []string{"-U", "53", "-U", "none"}, "-U: specific ports cannot be specified together with all/none/auto"},
+		{ModePasst, []string{"-u", "none", "-u", "15353"}, "-u: specific ports cannot be specified together with all/none/auto"},
+		{ModePasst, []string{"-t", "22", "-t", "none"}, "-t: specific ports cannot be specified together with all/none/auto"},
+		{ModePasta, []string{"-t", "none", "-t", "auto"}, "conflicts with previous -t none"},
+		// The same, with the options apart and the long names.
+		{ModePasta, []string{"--udp-ports=none", "-d", "--udp-ports", "15353"}, "-u: specific ports cannot be specified together with all/none/auto"},
+
+		// "all" is for passt.
+		{ModePasta, []string{"-u", "all"}, `invalid port specification "all" for -u: 'all' port forwarding is only allowed for passt`},
+		{ModePasta, []string{"-t", "all"}, "-t: 'all' port forwarding is only allowed for passt"},
+		{ModePasta, []string{"-T", "all"}, "-T: 'all' port forwarding is only allowed for passt"},
+		{ModePasta, []string{"-U", "all"}, "-U: 'all' port forwarding is only allowed for passt"},
+		{ModePasta, []string{"-t", "127.0.0.1/all"}, "'all' port forwarding is only allowed for passt"},
+
+		// MTUs too small.
+		{ModePasta, []string{"--config-net", "-m", "68"}, "-m: MTU 68 is too small for IPv6 (minimum 1280), give -4 for IPv4 only"},
+		{ModePasta, []string{"--config-net", "-m", "1279"}, "-m: MTU 1279 is too small for IPv6 (minimum 1280)"},
+		{ModePasta, []string{"--config-net", "-6", "-m", "576"}, "-m: MTU 576 is too small for IPv6 (minimum 1280)"},
+		{ModePasta, []string{"-m", "67"}, "-m: MTU 67 is too small for IPv4 (minimum 68)"},
+		{ModePasta, []string{"-4", "--config-net", "-m", "67"}, "-m: MTU 67 is too small for IPv4 (minimum 68)"},
+		{ModePasta, []string{"-6", "-m", "60"}, "-m: MTU 60 is too small for IPv6 (minimum 1280)"},
+		{ModePasst, []string{"-m", "1"}, "-m: MTU 1 is too small for IPv4 (minimum 68)"},
+		{ModePasst, []string{"-m", "67"}, "-m: MTU 67 is too small for IPv4 (minimum 68)"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -523,7 +564,7 @@ func TestUsage(t *testing.T) {
 		if !strings.HasPrefix(u, "Usage: "+mode.String()) {
 			t.Errorf("%v usage starts %q", mode, u[:20])
 		}
-		for _, ph := range []string{"%GUEST%", "%FWD%", "%AUTO%", "%AUTOEX%"} {
+		for _, ph := range []string{"%GUEST%", "%FWD%", "%AUTO%", "%AUTOEX%", "%ALL%", "%ALLEX%"} {
 			if strings.Contains(u, ph) {
 				t.Errorf("%v usage has unreplaced placeholder %s", mode, ph)
 			}

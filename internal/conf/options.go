@@ -512,9 +512,8 @@ const specHelp = `'none': don't forward any ports, or
 [ADDR[%IFACE]/]PORTS, PORTS a comma-separated list:
   FIRST[-LAST][:[TOADDR/]TOFIRST[-TOLAST]]
   FIRST[-LAST]:TOADDR
-  ~FIRST[-LAST]  exclude (exclusions only
-                 imply 'all')
-  all[:TOADDR]   unbound non-ephemeral ports%AUTO%
+  ~FIRST[-LAST]  exclude (exclusions only: all
+                 unbound non-ephemeral ports but)%ALL%%AUTO%
 Examples:
   -t 22          port 22 to 22 on %GUEST%
   -t 22:23       port 22 to 23
@@ -522,9 +521,16 @@ Examples:
   -t 192.0.2.1/5 port 5 of 192.0.2.1 only
   -t %eth0/5     port 5 on interface eth0 only
   -t 5-25,~10-20 ports 5 to 9 and 21 to 25
-  -t ~25         all ports except 25
-  -t ::1/all     all ports of local address ::1%AUTOEX%
+  -t ~25         all ports except 25%ALLEX%%AUTOEX%
 default: %FWD%`
+
+// allHelp and allExamples are for passt only: pasta refuses "all", as
+// the reference did before 2026.
+const allHelp = `
+  all[:TOADDR]   unbound non-ephemeral ports`
+
+const allExamples = `
+  -t ::1/all     all ports of local address ::1`
 
 const autoHelp = `
   auto           only ports bound in namespace`

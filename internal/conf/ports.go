@@ -233,14 +233,21 @@ func ParseForward(spec string, o SpecOptions) (Forward, error) {
 // specification; "all", or a specification with no include range at all,
 // adds every port outside the ephemeral range that is neither excluded nor
 // explicitly included; "auto" turns all the rules of the specification into
-// automatic ones. "none" adds nothing: it is refused once rules exist, and
-// otherwise records FwdNone.
+// automatic ones ("all" is for passt only). "none" adds nothing and
+// records FwdNone; together with other specifications for the same
+// option, before or after it, it is refused.
 func (f *Forward) AddSpec(spec string, o SpecOptions) error {
 	fail := func(format string, a ...any) error {
 		return &SpecError{Opt: o.Opt, Spec: spec, Reason: fmt.Sprintf(format, a...)}
 	}
 
+	// "none" and anything else for the same option conflict, in either
+	// order, as with the reference (before 2026, and Debian 13's pasta;
+	// the newer one accepts "none" first and then ports).
 	if spec == "none" {
+		if f.hasSpecific() {
+			return fail("%s", errSpecificAndKeyword)
+		}
 		if len(f.Rules)+len(f.AutoRules) > 0 {
 			return fail("'none' conflicts with previous -%c options", o.Opt)
 		}
@@ -253,6 +260,12 @@ func (f *Forward) AddSpec(spec string, o SpecOptions) error {
 	ps, err := parseSpec(spec)
 	if err != nil {
 		return fail("%s", err)
+	}
+	if f.Mode == FwdNone {
+		if ps.specific() {
+			return fail("%s", errSpecificAndKeyword)
+		}
+		return fail("conflicts with previous -%c none", o.Opt)
 	}
 	rules, err := ps.build(o)
 	if err != nil {
@@ -285,6 +298,23 @@ func (f *Forward) AddSpec(spec string, o SpecOptions) error {
 		}
 	}
 	return nil
+}
+
+// errSpecificAndKeyword is the reference's word for ports given together
+// with "none" for the same option.
+const errSpecificAndKeyword = "specific ports cannot be specified together with all/none/auto"
+
+// hasSpecific tells whether f has rules for specific ports: include
+// ranges, not what "all", "auto" or exclusions alone expand to.
+func (f *Forward) hasSpecific() bool {
+	for _, list := range [][]PortRule{f.Rules, f.AutoRules} {
+		for _, r := range list {
+			if !r.Weak {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // ruleText is the listening side of a rule, for conflict messages.
@@ -337,6 +367,17 @@ type parsedSpec struct {
 	ifname    string
 	chunks    []chunk
 	auto      bool
+}
+
+// specific tells whether the specification names ports (include ranges
+// or exclusions) rather than only the keywords "all" and "auto".
+func (ps *parsedSpec) specific() bool {
+	for _, ch := range ps.chunks {
+		if ch.kind == chunkInclude || ch.kind == chunkExclude {
+			return true
+		}
+	}
+	return false
 }
 
 // parseSpec checks the syntax of spec (anything but "none").
@@ -464,6 +505,16 @@ func (ps *parsedSpec) build(o SpecOptions) ([]PortRule, error) {
 	}
 	if ps.auto && o.Mode != ModePasta {
 		return nil, fmt.Errorf("'auto' is only allowed in pasta mode")
+	}
+	// As the reference before 2026 (Debian 13's pasta): in pasta, "all"
+	// would bind every free port of the host for one namespace; "auto"
+	// or an exclusion ("~32768-60999") says what is meant.
+	if o.Mode == ModePasta {
+		for _, ch := range ps.chunks {
+			if ch.kind == chunkAll {
+				return nil, fmt.Errorf("'all' port forwarding is only allowed for passt")
+			}
+		}
 	}
 	if ps.hasListen && (o.Opt == 'T' || o.Opt == 'U') {
 		return nil, fmt.Errorf("listening address or interface not allowed for -%c", o.Opt)

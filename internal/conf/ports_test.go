@@ -125,7 +125,6 @@ func TestAddSpec(t *testing.T) {
 		{name: "auto first", spec: "auto,8000-8010", opts: pasta(tcp), mode: FwdAuto, auto: rules(r(8000, 8010))},
 		{name: "auto with exclusion", spec: "auto,~22", opts: pasta(tcp), mode: FwdAuto,
 			auto: rules(r(1, 21).weak(), r(23, 32767).weak(), r(61000, 65535).weak())},
-		{name: "all and auto", spec: "all,auto", opts: pasta(tcp), mode: FwdAuto, auto: nonEphemeral()},
 		{name: "-T", spec: "8080", opts: pasta(SpecOptions{Opt: 'T'}), mode: FwdSpec, want: rules(r(8080, 8080))},
 		{name: "-U auto", spec: "auto", opts: pasta(SpecOptions{Opt: 'U'}), mode: FwdAuto, auto: nonEphemeral()},
 		{name: "udp", spec: "53", opts: SpecOptions{Opt: 'u'}, mode: FwdSpec, want: rules(r(53, 53))},
@@ -212,9 +211,17 @@ func TestAddSpecErrors(t *testing.T) {
 		{"22,22", tcp, "overlaps"},
 		{"22,~22", tcp, "no ports left"},
 		{"~1-65535", tcp, "no ports left"},
-		{"all", withEph(tcp, PortRange{1, 65535}), "no ports left"},
+		{"all", withEph(passt, PortRange{1, 65535}), "no ports left"},
 		{"22:192.0.2.1", tcp, "needs a listening address"},
-		{"all:192.0.2.1", tcp, "needs a listening address"},
+		{"all:192.0.2.1", passt, "needs a listening address"},
+		{"all", tcp, "'all' port forwarding is only allowed for passt"},
+		{"::1/all", tcp, "'all' port forwarding is only allowed for passt"},
+		{"all,~22", tcp, "'all' port forwarding is only allowed for passt"},
+		{"all:192.0.2.1", SpecOptions{Opt: 'u', Mode: ModePasta}, "'all' port forwarding is only allowed for passt"},
+		{"all", SpecOptions{Opt: 'T', Mode: ModePasta}, "'all' port forwarding is only allowed for passt"},
+		{"all", SpecOptions{Opt: 'U', Mode: ModePasta}, "'all' port forwarding is only allowed for passt"},
+		{"all,auto", tcp, "'all' port forwarding is only allowed for passt"},
+		{"all,auto", passt, "'auto' is only allowed in pasta mode"},
 		{"1.2.3.4/22:[::1]/22", tcp, "differ in family"},
 		{"[::1]/22:1.2.3.4", tcp, "differ in family"},
 		{"1.2.3.4/22:224.0.0.1", tcp, "multicast"},
@@ -275,6 +282,7 @@ func TestAddSpecAccumulates(t *testing.T) {
 		want  []PortRule
 		auto  []PortRule
 		err   string
+		passt bool // passt mode, pasta otherwise
 	}{
 		{name: "two singles", specs: []string{"22", "80"}, mode: FwdSpec, want: rules(r(22, 22), r(80, 80))},
 		{name: "same port twice", specs: []string{"22", "22"}, err: "*/22 overlaps */22"},
@@ -286,16 +294,25 @@ func TestAddSpecAccumulates(t *testing.T) {
 			want: rules(r(22, 22).at(any4), r(22, 22).at(mustAddr("::1")))},
 		{name: "family wildcard and address", specs: []string{"0.0.0.0/22", "127.0.0.1/22"}, err: "overlaps"},
 		{name: "ifname does not separate", specs: []string{"%eth0/22", "%eth1/22"}, err: "overlaps"},
-		{name: "none first", specs: []string{"none", "22"}, mode: FwdSpec, want: rules(r(22, 22))},
+		{name: "none first", specs: []string{"none", "22"}, err: "specific ports cannot be specified together with all/none/auto"},
 		{name: "none twice", specs: []string{"none", "none"}, mode: FwdNone},
-		{name: "none after rules", specs: []string{"22", "none"}, err: "'none' conflicts with previous -t options"},
+		{name: "none after rules", specs: []string{"22", "none"}, err: "specific ports cannot be specified together with all/none/auto"},
+		{name: "none after a range", specs: []string{"8000-8010:9000-9010", "none"}, err: "specific ports cannot be specified together with all/none/auto"},
+		{name: "none after specific auto", specs: []string{"8000-8010,auto", "none"}, err: "specific ports cannot be specified together with all/none/auto"},
+		{name: "none after auto", specs: []string{"auto", "none"}, err: "'none' conflicts with previous -t options"},
+		{name: "none after all", specs: []string{"all", "none"}, passt: true, err: "'none' conflicts with previous -t options"},
+		{name: "auto after none", specs: []string{"none", "auto"}, err: "conflicts with previous -t none"},
+		{name: "all after none", specs: []string{"none", "all"}, passt: true, err: "conflicts with previous -t none"},
+		{name: "exclusion after none", specs: []string{"none", "~22"}, err: "specific ports cannot be specified together with all/none/auto"},
+		{name: "address after none", specs: []string{"none", "127.0.0.1/22"}, err: "specific ports cannot be specified together with all/none/auto"},
+		{name: "passt none first", specs: []string{"none", "22"}, passt: true, err: "specific ports cannot be specified together with all/none/auto"},
 		{name: "auto then fixed inside", specs: []string{"auto", "22"}, err: "overlaps"},
 		{name: "auto then ephemeral fixed", specs: []string{"auto", "40000"}, mode: FwdAuto,
 			want: rules(r(40000, 40000)), auto: nonEphemeral()},
 		{name: "fixed then auto range", specs: []string{"22", "8000-8010,auto"}, mode: FwdAuto,
 			want: rules(r(22, 22)), auto: rules(r(8000, 8010))},
-		{name: "all twice", specs: []string{"all", "all"}, err: "overlaps"},
-		{name: "all per address", specs: []string{"127.0.0.1/all", "::1/all"}, mode: FwdSpec,
+		{name: "all twice", specs: []string{"all", "all"}, passt: true, err: "overlaps"},
+		{name: "all per address", specs: []string{"127.0.0.1/all", "::1/all"}, passt: true, mode: FwdSpec,
 			want: rules(r(1, 32767).at(mustAddr("127.0.0.1")).weak(), r(61000, 65535).at(mustAddr("127.0.0.1")).weak(),
 				r(1, 32767).at(mustAddr("::1")).weak(), r(61000, 65535).at(mustAddr("::1")).weak())},
 	}
@@ -303,8 +320,12 @@ func TestAddSpecAccumulates(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var f Forward
 			var err error
+			o := SpecOptions{Opt: 't', Mode: ModePasta}
+			if tt.passt {
+				o.Mode = ModePasst
+			}
 			for _, s := range tt.specs {
-				if err = f.AddSpec(s, SpecOptions{Opt: 't', Mode: ModePasta}); err != nil {
+				if err = f.AddSpec(s, o); err != nil {
 					break
 				}
 			}

@@ -13,9 +13,11 @@ func Usage(mode Mode) string {
 	name := mode.String()
 	guest, fwd := "guest", "none"
 	auto, autoEx := "", ""
+	all, allEx := allHelp, allExamples
 	if mode == ModePasta {
 		guest, fwd = "namespace", "auto"
 		auto, autoEx = autoHelp, autoExamples
+		all, allEx = "", ""
 		b.WriteString("Usage: " + name + " [OPTION]... [COMMAND [ARG]...]\n")
 		b.WriteString("       " + name + " [OPTION]... PID\n")
 		b.WriteString("       " + name + " [OPTION]... --netns [PATH|NAME]\n\n")
@@ -24,7 +26,8 @@ func Usage(mode Mode) string {
 	} else {
 		b.WriteString("Usage: " + name + " [OPTION]...\n\n")
 	}
-	subst := strings.NewReplacer("%GUEST%", guest, "%FWD%", fwd, "%AUTO%", auto, "%AUTOEX%", autoEx)
+	subst := strings.NewReplacer("%GUEST%", guest, "%FWD%", fwd, "%AUTO%", auto, "%AUTOEX%", autoEx,
+		"%ALL%", all, "%ALLEX%", allEx)
 
 	for _, o := range optionTable {
 		if !o.modes.has(mode) {

@@ -21,7 +21,9 @@
 //  5. The command (default: the user's shell) is started inside the
 //     namespace; gopasst exits with its exit status when it ends. Joining
 //     an existing namespace, gopasst instead runs until the namespace goes
-//     away (unless --no-netns-quit) or it is told to stop.
+//     away (unless --no-netns-quit) or it is told to stop: inotify on the
+//     directory of a namespace file, a pidfd on a process whose namespace
+//     it is, tell at once (see targetWatch).
 //  6. Sandbox. Once the command runs (or, attached to a namespace, before
 //     going to the background), gopasst confines itself (package
 //     sandbox): another user if started as root, an empty root directory,
@@ -29,11 +31,11 @@
 //     own user namespace), a seccomp allow-list. SIGTERM and SIGHUP still
 //     reach the command, through the sandbox's helper if need be.
 //     Everything the data path rereads later (the "auto" forwarding
-//     tables, the namespace file it watches) is opened before.
+//     tables, the namespace file it watches, the inotify instance or
+//     pidfd) is opened before.
 package pasta
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -42,8 +44,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/gopasst/gopasst/internal/conf"
 	"github.com/gopasst/gopasst/internal/daemon"
@@ -342,70 +342,19 @@ func runCommand(cfg *conf.Config, ns *netns.NS, sb *sandbox.Sandbox, engErr chan
 	}
 }
 
-// targetWatch tells whether the namespace pasta is attached to is still
-// there: the file that named it (/proc/PID/ns/net, /run/netns/NAME, ...)
-// is looked up from a descriptor on its directory, opened before the
-// sandbox took paths away.
-type targetWatch struct {
-	path     string
-	dir      int // -1 with --no-netns-quit
-	base     string
-	dev, ino uint64
-}
-
-// watchTarget starts watching the target namespace's file.
-func watchTarget(cfg *conf.Config) (*targetWatch, error) {
-	w := &targetWatch{path: targetNetns(cfg), dir: -1}
-	if cfg.NoNetnsQuit {
-		return w, nil
-	}
-	dir, base := filepath.Split(w.path)
-	if dir == "" {
-		dir = "."
-	}
-	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("watching %s: %w", w.path, err)
-	}
-	w.dir, w.base = fd, base
-	var st unix.Stat_t
-	if unix.Fstatat(fd, base, &st, 0) == nil {
-		w.dev, w.ino = st.Dev, st.Ino
-	}
-	return w, nil
-}
-
-// gone reports whether the namespace file disappeared or now names
-// another namespace. EACCES means it is there: /proc/PID/ns/net of a
-// process that pasta, having switched to another user, may no longer
-// look into (the reference checks it the same way).
-func (w *targetWatch) gone() bool {
-	if w.dir < 0 {
-		return false
-	}
-	var st unix.Stat_t
-	err := unix.Fstatat(w.dir, w.base, &st, 0)
-	switch {
-	case err == nil:
-		return st.Dev != w.dev || st.Ino != w.ino
-	case errors.Is(err, unix.EACCES):
-		return false
-	}
-	return true
-}
-
-func (w *targetWatch) close() {
-	if w.dir >= 0 {
-		unix.Close(w.dir)
-	}
-}
-
 // waitTarget serves an existing namespace until it disappears or a signal.
 func waitTarget(watch *targetWatch, engErr chan error, sigs chan os.Signal) (int, error) {
+	// The watch (inotify, pidfd) says at once; the look-up every second
+	// is for what it cannot see, or when it could not be had.
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		select {
+		case exited := <-watch.events:
+			if exited || watch.gone() {
+				log.Infof("Namespace %s is gone, exiting", watch.path)
+				return 0, nil
+			}
 		case err := <-engErr:
 			engErr <- err
 			return 1, fmt.Errorf("data path stopped: %v", err)

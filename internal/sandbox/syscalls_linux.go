@@ -36,11 +36,11 @@ func allow(nr uintptr, name string) rule { return rule{nr: nr, name: name} }
 var hotRules = []rule{
 	allow(unix.SYS_RECVMMSG, "recvmmsg"),       // socket batches
 	allow(unix.SYS_SENDMMSG, "sendmmsg"),       // socket batches
-	allow(unix.SYS_READ, "read"),               // tap frames, eventfd, procfs tables
+	allow(unix.SYS_READ, "read"),               // tap frames, eventfd, procfs tables, inotify events (pasta's namespace watch)
 	allow(unix.SYS_WRITE, "write"),             // tap frames, log
 	allow(unix.SYS_EPOLL_PWAIT, "epoll_pwait"), // UDP loop, Go netpoller
 	allow(unix.SYS_FUTEX, "futex"),             // Go runtime: goroutine hand-off
-	allow(unix.SYS_PPOLL, "ppoll"),             // tap device and qemu stream waits (package yield)
+	allow(unix.SYS_PPOLL, "ppoll"),             // tap device and qemu stream waits (package yield); has the target's process exited (pasta's pidfd, zero timeout)
 	allow(unix.SYS_RECVFROM, "recvfrom"),       // single datagrams, qemu stream, sock_diag answers
 	allow(unix.SYS_SENDMSG, "sendmsg"),         // qemu stream, single datagrams
 	allow(unix.SYS_RECVMSG, "recvmsg"),         // ICMP errors (MSG_ERRQUEUE)
@@ -125,7 +125,7 @@ var dataRules = []rule{
 // pastaRules are pasta's own calls.
 var pastaRules = []rule{
 	allow(unix.SYS_GETDENTS64, "getdents64"),               // /proc/self/fd: own sockets
-	allow(unix.SYS_NEWFSTATAT, "newfstatat"),               // is the target namespace there
+	allow(unix.SYS_NEWFSTATAT, "newfstatat"),               // is the target namespace there (the periodic look-up)
 	allow(unix.SYS_WAITID, "waitid"),                       // the command's exit
 	allow(unix.SYS_PIDFD_SEND_SIGNAL, "pidfd_send_signal"), // signals for the command
 }

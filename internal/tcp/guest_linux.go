@@ -54,7 +54,7 @@ func (e *Engine) HandleTap(pkts []*packet.Parsed) {
 		key := flow.Key{Type: flow.TypeTCP, PIF: flow.PIFTap, EAddr: p.Src4, EPort: s.sport, FAddr: p.Dst4, FPort: s.dport}
 		ref, found := e.tab.Lookup(key)
 		if pd.idx >= 0 && (!found || ref.Index != pd.idx) {
-			e.flush(now)
+			e.flush()
 		}
 		if !found {
 			if s.flags&(flagSYN|flagACK|flagRST) == flagSYN {
@@ -78,7 +78,7 @@ func (e *Engine) HandleTap(pkts []*packet.Parsed) {
 		}
 	}
 	if pd.idx >= 0 {
-		e.flush(now)
+		e.flush()
 	}
 	e.tw.out.Flush()
 }
@@ -438,7 +438,7 @@ func (e *Engine) dataFromGuest(c *conn, s *segment) {
 
 // flush writes the pending payload of the batch's current connection,
 // takes its FIN, and acknowledges.
-func (e *Engine) flush(now int64) {
+func (e *Engine) flush() {
 	pd := &e.pend
 	idx, f, c := pd.idx, pd.f, pd.c
 	if !e.flushData() {
@@ -459,7 +459,6 @@ func (e *Engine) flush(now int64) {
 	} else {
 		e.setEvents(idx, f, c)
 	}
-	_ = now
 	pd.idx, pd.fin, pd.ack, pd.grow = -1, false, false, false
 	e.maybeClose(idx, f, c)
 }

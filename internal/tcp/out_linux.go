@@ -66,7 +66,7 @@ func (e *Engine) window(c *conn, atLeastOne bool) uint32 {
 
 // sendSeg sends a segment without payload and without options to the
 // guest: seq, our ACK and the window.
-func (e *Engine) sendSeg(w *writer, f *flow.Flow, c *conn, seq uint32, flags uint8, _ []byte) {
+func (e *Engine) sendSeg(w *writer, f *flow.Flow, c *conn, seq uint32, flags uint8) {
 	wnd := c.rcvWnd >> c.rcvScale
 	if flags&flagRST != 0 {
 		wnd = 0
@@ -80,7 +80,7 @@ func (e *Engine) sendSeg(w *writer, f *flow.Flow, c *conn, seq uint32, flags uin
 // the host said it has room).
 func (e *Engine) sendAck(w *writer, f *flow.Flow, c *conn, atLeastOne bool) {
 	c.rcvWnd = e.window(c, atLeastOne)
-	e.sendSeg(w, f, c, c.sndNxt, flagACK, nil)
+	e.sendSeg(w, f, c, c.sndNxt, flagACK)
 }
 
 // sendRST resets the guest's side of the connection. Before our SYN-ACK,
@@ -90,7 +90,7 @@ func (e *Engine) sendRST(w *writer, f *flow.Flow, c *conn) {
 	if c.state == stConnecting {
 		seq = 0
 	}
-	e.sendSeg(w, f, c, seq, flagRST|flagACK, nil)
+	e.sendSeg(w, f, c, seq, flagRST|flagACK)
 	e.st.TCPResets.Add(1)
 }
 
@@ -176,7 +176,7 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
 			if seqLT(c.sndMax, c.sndNxt) {
 				c.sndMax = c.sndNxt
 			}
-			e.sendSeg(w, f, c, c.finSeq, flagFIN|flagACK, nil)
+			e.sendSeg(w, f, c, c.finSeq, flagFIN|flagACK)
 			if c.rtoAt == 0 {
 				c.rtoAt = now + c.rto
 			}

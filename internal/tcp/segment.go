@@ -138,16 +138,20 @@ func putHeader(b []byte, sport, dport uint16, seq, ack uint32, flags uint8, wnd 
 	return n
 }
 
+// headerSum is the sum of the pseudo-header of a TCP segment of n bytes
+// from src to dst.
+func headerSum(src, dst netip.Addr, n int) uint32 {
+	if src.Is4() {
+		return packet.PseudoSum4(src.As4(), dst.As4(), packet.ProtoTCP, n)
+	}
+	return packet.PseudoSum6(src.As16(), dst.As16(), packet.ProtoTCP, n)
+}
+
 // checksum returns the checksum of a TCP segment tcp (header with a zero
 // checksum field, and payload) from src to dst; partial returns the
 // pseudo-header's sum only, for a receiver that completes it.
 func checksum(tcp []byte, src, dst netip.Addr, partial bool) uint16 {
-	var sum uint32
-	if src.Is4() {
-		sum = packet.PseudoSum4(src.As4(), dst.As4(), packet.ProtoTCP, len(tcp))
-	} else {
-		sum = packet.PseudoSum6(src.As16(), dst.As16(), packet.ProtoTCP, len(tcp))
-	}
+	sum := headerSum(src, dst, len(tcp))
 	if partial {
 		return ^packet.Fold(sum)
 	}
@@ -157,13 +161,7 @@ func checksum(tcp []byte, src, dst netip.Addr, partial bool) uint16 {
 // checksumOK reports whether the segment tcp from src to dst carries a
 // correct checksum.
 func checksumOK(tcp []byte, src, dst netip.Addr) bool {
-	var sum uint32
-	if src.Is4() {
-		sum = packet.PseudoSum4(src.As4(), dst.As4(), packet.ProtoTCP, len(tcp))
-	} else {
-		sum = packet.PseudoSum6(src.As16(), dst.As16(), packet.ProtoTCP, len(tcp))
-	}
-	return packet.Fold(packet.Sum(tcp, sum)) == 0
+	return packet.Fold(packet.Sum(tcp, headerSum(src, dst, len(tcp)))) == 0
 }
 
 // Sequence number comparisons, modulo 2^32.

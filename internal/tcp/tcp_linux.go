@@ -435,7 +435,7 @@ func (e *Engine) tick(now int64) {
 		case c.sndWnd == 0 && !c.hostEOF && pendingBytes(c.fd) > 0:
 			// Zero window probe: an ACK below the window asks the
 			// guest for its window again.
-			e.sendSeg(e.lw, f, c, c.sndNxt-1, flagACK, nil)
+			e.sendSeg(e.lw, f, c, c.sndNxt-1, flagACK)
 		}
 		if c.rcvWnd == 0 && !c.guestFIN {
 			// The window update may have been lost, or EPOLLOUT

@@ -44,3 +44,30 @@ func Local(fd int) (netip.AddrPort, error) {
 	}
 	return ap, nil
 }
+
+// Socket opens, with mk (socket(2), or a namespace's factory), a
+// non-blocking socket of type typ and protocol proto for addr's family,
+// with SO_REUSEADDR, IPV6_V6ONLY for IPv6 (so that both families can
+// listen on one port), and bound to device ifname if not empty: what
+// listening and reply sockets of every protocol start from.
+func Socket(mk func(domain, typ, proto int) (int, error), addr netip.Addr, typ, proto int, ifname string) (int, error) {
+	family := unix.AF_INET6
+	if addr.Is4() {
+		family = unix.AF_INET
+	}
+	fd, err := mk(family, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+	if err != nil {
+		return -1, err
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	if family == unix.AF_INET6 {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+	}
+	if ifname != "" {
+		if err := unix.BindToDevice(fd, ifname); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+	}
+	return fd, nil
+}

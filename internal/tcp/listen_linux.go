@@ -128,23 +128,9 @@ func (e *Engine) closeListener(f fwd.Forward) error {
 
 // listenSocket opens a listening socket for f.
 func listenSocket(mk func(int, int, int) (int, error), f fwd.Forward) (int, error) {
-	family := unix.AF_INET6
-	if f.Addr.Is4() {
-		family = unix.AF_INET
-	}
-	fd, err := mk(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	fd, err := sockaddr.Socket(mk, f.Addr, unix.SOCK_STREAM, unix.IPPROTO_TCP, f.Ifname)
 	if err != nil {
 		return -1, err
-	}
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-	if family == unix.AF_INET6 {
-		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
-	}
-	if f.Ifname != "" {
-		if err := unix.BindToDevice(fd, f.Ifname); err != nil {
-			unix.Close(fd)
-			return -1, err
-		}
 	}
 	if err := unix.Bind(fd, sockaddr.From(netip.AddrPortFrom(f.Addr, f.Port))); err != nil {
 		unix.Close(fd)

@@ -402,16 +402,13 @@ func (e *Engine) tick(now int64) {
 			if now < c.rtoAt {
 				return
 			}
-			if c.retries >= synRetries {
+			if !c.backoff(now, synRetries) {
 				if c.state == stSynSent {
 					e.sendRST(e.lw, f, c)
 				}
 				e.free(idx, f, c, true)
 				return
 			}
-			c.retries++
-			c.rto = min(2*c.rto, int64(maxRTO))
-			c.rtoAt = now + c.rto
 			e.sendSyn(e.lw, f, c)
 			return
 		}
@@ -420,7 +417,7 @@ func (e *Engine) tick(now int64) {
 			if c.rtoAt == 0 || now < c.rtoAt {
 				return
 			}
-			if c.retries >= maxRetries {
+			if !c.backoff(now, maxRetries) {
 				if log.Enabled(log.LevelDebug) {
 					log.Debugf("TCP flow %d: no ACK after %d retransmissions", idx, c.retries)
 				}
@@ -428,9 +425,6 @@ func (e *Engine) tick(now int64) {
 				e.free(idx, f, c, true)
 				return
 			}
-			c.retries++
-			c.rto = min(2*c.rto, int64(maxRTO))
-			c.rtoAt = now + c.rto
 			e.retransmit(idx, f, c)
 		case c.sndWnd == 0 && !c.hostEOF && pendingBytes(c.fd) > 0:
 			// Zero window probe: an ACK below the window asks the
@@ -444,6 +438,18 @@ func (e *Engine) tick(now int64) {
 		}
 	})
 	e.lw.out.Flush()
+}
+
+// backoff counts one more retry, doubling the retransmission timeout,
+// and reports false, changing nothing, when max retries were made.
+func (c *conn) backoff(now int64, max int) bool {
+	if c.retries >= max {
+		return false
+	}
+	c.retries++
+	c.rto = min(2*c.rto, int64(maxRTO))
+	c.rtoAt = now + c.rto
+	return true
 }
 
 // pendingBytes is what the socket's receive queue holds.

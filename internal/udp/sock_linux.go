@@ -70,27 +70,13 @@ type SocketFunc = func(domain, typ, proto int) (int, error)
 // newSocket opens, with mk, a non-blocking UDP socket for addr's family,
 // with SO_REUSEADDR, large buffers and, for IPv6, IPV6_V6ONLY.
 func newSocket(mk SocketFunc, addr netip.Addr, ifname string) (int, error) {
-	family := unix.AF_INET6
-	if addr.Is4() {
-		family = unix.AF_INET
-	}
-	fd, err := mk(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	fd, err := sockaddr.Socket(mk, addr, unix.SOCK_DGRAM, unix.IPPROTO_UDP, ifname)
 	if err != nil {
 		return -1, err
-	}
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-	if family == unix.AF_INET6 {
-		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
 	}
 	for _, o := range [][2]int{{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}, {unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}} {
 		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, o[0], sockBufSize) != nil {
 			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, o[1], sockBufSize)
-		}
-	}
-	if ifname != "" {
-		if err := unix.BindToDevice(fd, ifname); err != nil {
-			unix.Close(fd)
-			return -1, err
 		}
 	}
 	return fd, nil

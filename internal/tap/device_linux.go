@@ -27,17 +27,17 @@ type Device struct {
 	pace     yield.Pacer
 
 	// With a virtio-net header (NewVnetDevice): vnet is set, uso when
-	// the kernel took the offloads. The reader's headers, iovecs and the
+	// the kernel took the offloads, tso when TCP's among them. The reader's headers, iovecs and the
 	// segment sizes of its last batch belong to the reading goroutine;
 	// writes share whdr and wiov under wmu.
-	vnet, uso bool
-	rhdr      [][VnetHdrLen]byte
-	riov      [2]unix.Iovec
-	gso       []uint16
-	partial   []bool // per frame of the last batch: the L4 checksum is partial
-	wmu       sync.Mutex
-	whdr      [VnetHdrLen]byte
-	wiov      [MaxSegments + 1]unix.Iovec
+	vnet, uso, tso bool
+	rhdr           [][VnetHdrLen]byte
+	riov           [2]unix.Iovec
+	gso            []uint16
+	partial        []bool // per frame of the last batch: the L4 checksum is partial
+	wmu            sync.Mutex
+	whdr           [VnetHdrLen]byte
+	wiov           [MaxSegments + 1]unix.Iovec
 }
 
 // NewDevice wraps the file descriptor of an attached tap device

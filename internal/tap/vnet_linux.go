@@ -50,7 +50,8 @@ type Segmenter interface {
 	// more the payloads that follow; every segment but the last has
 	// segSize bytes. It reports false, sending nothing, when the
 	// endpoint does not segment frames of that type (the tap device
-	// takes GSOUDPL4; TCP segmentation comes with TCP).
+	// takes GSOUDPL4 with offloads, GSOTCPv4 and GSOTCPv6 when TSO
+	// reports true).
 	WriteSegmented(frame []byte, hdrLen, segSize int, gso GSO, more [][]byte) (bool, error)
 	// WritePartial sends a frame holding one UDP datagram or TCP
 	// segment whose checksum is partial (the pseudo-header's sum, as
@@ -85,10 +86,14 @@ func (h *vnetHdr) encode(b []byte) {
 }
 
 // NewVnetDevice wraps the descriptor of a tap opened with IFF_VNET_HDR.
-// With offload, it asks the kernel for checksum and UDP segmentation
-// offloads (TUN_F_CSUM|TUN_F_USO4|TUN_F_USO6); a kernel that refuses them
-// (before Linux 6.2) leaves a device that moves plain frames, as does
-// offload false. The Device owns fd from now on.
+// With offload, it asks the kernel for checksum offload and segmentation
+// offloads for UDP and TCP (TUN_F_CSUM|TUN_F_USO4|TUN_F_USO6|TUN_F_TSO4|
+// TUN_F_TSO6), then without TCP's should the kernel refuse that set; a
+// kernel that refuses UDP's too (before Linux 6.2) leaves a device that
+// moves plain frames, as does offload false. With TCP segmentation, the
+// namespace's kernel hands over TCP segments of up to 64 KiB whatever
+// the MTU, and takes them from gopasst too. The Device owns fd from now
+// on.
 func NewVnetDevice(fd int, offload bool) (*Device, error) {
 	d, err := NewDevice(fd)
 	if err != nil {
@@ -96,8 +101,12 @@ func NewVnetDevice(fd int, offload bool) (*Device, error) {
 	}
 	d.vnet = true
 	if offload {
-		err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_USO4|unix.TUN_F_USO6)
-		d.uso = err == nil
+		const uso = unix.TUN_F_CSUM | unix.TUN_F_USO4 | unix.TUN_F_USO6
+		err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, uso|unix.TUN_F_TSO4|unix.TUN_F_TSO6)
+		d.uso, d.tso = err == nil, err == nil
+		if !d.uso {
+			d.uso = unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, uso) == nil
+		}
 	}
 	if !d.uso {
 		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0); err != nil {
@@ -109,6 +118,9 @@ func NewVnetDevice(fd int, offload bool) (*Device, error) {
 
 // Offloads reports whether the device carries segmented frames.
 func (d *Device) Offloads() bool { return d.uso }
+
+// TSO reports whether the device carries segmented TCP frames too.
+func (d *Device) TSO() bool { return d.tso }
 
 // SegmentSize implements Segmenter.
 func (d *Device) SegmentSize(i int) int {
@@ -160,7 +172,14 @@ func (d *Device) writeVnet(frame []byte) error {
 
 // WriteSegmented implements Segmenter.
 func (d *Device) WriteSegmented(frame []byte, hdrLen, segSize int, gso GSO, more [][]byte) (bool, error) {
-	if !d.uso || len(more)+1 > MaxSegments || gso != GSOUDPL4 {
+	switch {
+	case !d.uso || len(more)+1 > MaxSegments:
+		return false, nil
+	case gso == GSOTCPv4 || gso == GSOTCPv6:
+		if !d.tso {
+			return false, nil
+		}
+	case gso != GSOUDPL4:
 		return false, nil
 	}
 	return true, d.writeHdr(partialHdr(frame, hdrLen, uint8(gso), segSize), frame, more)

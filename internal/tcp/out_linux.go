@@ -11,7 +11,13 @@ import (
 	"github.com/gopasst/gopasst/internal/log"
 	"github.com/gopasst/gopasst/internal/packet"
 	"github.com/gopasst/gopasst/internal/sockaddr"
+	"github.com/gopasst/gopasst/internal/tap"
 )
+
+// maxGSOPayload is the most payload of one segmented frame: what one
+// IPv4 packet of 64 KiB holds behind its headers (IPv6 could hold 20
+// bytes more).
+const maxGSOPayload = 0xffff - packet.IPv4Len - hdrLen
 
 // putFrame writes, in front of the TCP header of hl bytes at b[th:] and
 // its plen bytes of payload, the IP and Ethernet headers of a segment
@@ -123,7 +129,16 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
 	s := &f.Side[c.tap]
 	partial := w.out.Partial()
 	mss := c.mss
-	stride := headroom + mss
+	// A frame carries one segment, or, where the guest's kernel
+	// segments TCP, as many as fit in one IP packet (gso_size mss).
+	chunk, gso := mss, tap.GSO(0)
+	if w.out.TSO() && 2*mss <= maxGSOPayload {
+		chunk, gso = maxGSOPayload/mss*mss, tap.GSOTCPv4
+		if s.EAddr.Is6() {
+			gso = tap.GSOTCPv6
+		}
+	}
+	stride := headroom + chunk
 	c.stalled = false
 	for !c.finSent {
 		room := c.room()
@@ -131,8 +146,8 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
 			c.stalled = true // the guest's ACK or window update kicks
 			break
 		}
-		nseg := min(maxSegs, len(w.data)/stride, int((room+uint32(mss)-1)/uint32(mss)))
-		want := min(int(room), nseg*mss)
+		nseg := min(maxSegs, len(w.data)/stride, int((room+uint32(chunk)-1)/uint32(chunk)))
+		want := min(int(room), nseg*chunk)
 		iov := w.iov[:0]
 		if !e.peekOff {
 			skip := int(c.sndNxt - c.sndUna)
@@ -146,7 +161,7 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
 			}
 		}
 		for i, left := 0, want; left > 0; i++ {
-			l := min(left, mss)
+			l := min(left, chunk)
 			v := unix.Iovec{Base: &w.data[i*stride+headroom]}
 			v.SetLen(l)
 			iov = append(iov, v)
@@ -184,10 +199,11 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
 		}
 		c.rcvWnd = e.window(c, false)
 		wnd := uint16(min(c.rcvWnd>>c.rcvScale, 0xffff))
-		segs := 0
-		for off := 0; off < n; off += mss {
-			l := min(n-off, mss)
-			b := w.data[segs*stride : (segs+1)*stride]
+		var sent int
+		var bytes uint64
+		for i, off := 0, 0; off < n; i, off = i+1, off+chunk {
+			l := min(n-off, chunk)
+			b := w.data[i*stride : (i+1)*stride]
 			th := headroom - hdrLen
 			flags := uint8(flagACK)
 			if off+l == n {
@@ -195,12 +211,19 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
 			}
 			putHeader(b[th:], s.FPort, s.EPort, c.sndNxt+uint32(off), c.rcvNxt, flags, wnd, false, 0, 0)
 			frame := e.putFrame(w, b, th, hdrLen, l, s, partial)
-			w.out.Queue(frame, len(frame)-l)
-			segs++
+			if l <= mss {
+				w.out.Queue(frame, len(frame)-l)
+				continue
+			}
+			segs := (l + mss - 1) / mss
+			if _, wrote := w.out.WriteSegmented(frame, len(frame)-l, mss, gso, nil, segs); wrote {
+				sent += segs
+				bytes += uint64(l)
+			}
 		}
-		sent, bytes := w.out.Flush()
-		e.ps.ToTap.Add(uint64(sent))
-		e.ps.ToTapBytes.Add(bytes)
+		qs, qb := w.out.Flush()
+		e.ps.ToTap.Add(uint64(sent + qs))
+		e.ps.ToTapBytes.Add(bytes + qb)
 		c.sndNxt += uint32(n)
 		if seqLT(c.sndMax, c.sndNxt) {
 			c.sndMax = c.sndNxt

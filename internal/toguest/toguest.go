@@ -54,8 +54,10 @@ type BatchWriter interface {
 // SegmentWriter is a FrameWriter whose guest takes offloads (see
 // tap.Segmenter): segmented frames and frames with partial checksums.
 type SegmentWriter interface {
-	// Offloads reports whether the guest took the offloads.
+	// Offloads reports whether the guest took the offloads, TSO
+	// whether TCP segmentation is among them.
 	Offloads() bool
+	TSO() bool
 	WriteSegmented(frame []byte, hdrLen, segSize int, gso tap.GSO, more [][]byte) (bool, error)
 	WritePartial(frame []byte, hdrLen int) (bool, error)
 }
@@ -108,6 +110,10 @@ func New(cfg Config) *Writer {
 // Partial reports whether queued frames carry partial L4 checksums (the
 // guest takes offloads) and segmented frames can be written.
 func (w *Writer) Partial() bool { return w.seg != nil }
+
+// TSO reports whether segmented TCP frames can be written
+// (WriteSegmented with tap.GSOTCPv4 or tap.GSOTCPv6).
+func (w *Writer) TSO() bool { return w.seg != nil && w.seg.TSO() }
 
 // MTU is the guest's MTU, zero for no limit.
 func (w *Writer) MTU() int { return w.cfg.MTU }

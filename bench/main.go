@@ -56,6 +56,8 @@ type Options struct {
 	// Gopasst and Pasta are the binaries, User the unprivileged user
 	// that runs them.
 	Gopasst, Pasta, User string
+	// Pasta2 is a second reference binary, run beside the first if set.
+	Pasta2 string
 	// Pcap names a directory for captures of every trial (-p); empty:
 	// none.
 	Pcap string
@@ -96,6 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.JSON, "json", "", "write every trial as JSON to `file`")
 	fs.StringVar(&o.Gopasst, "gopasst", "", "gopasst `binary` (default: go build "+gopasstPackage+")")
 	fs.StringVar(&o.Pasta, "pasta", "/usr/bin/pasta", "reference pasta `binary`")
+	fs.StringVar(&o.Pasta2, "pasta2", "", "a second reference pasta `binary`, run in every scenario beside the first (e.g. /opt/passt-trixie/usr/bin/pasta, see reference-trixie.sh)")
 	fs.StringVar(&o.User, "user", "gopasst-test", "unprivileged `user` that runs the translators (created if missing)")
 	fs.StringVar(&o.Pcap, "pcap", "", "capture the tap traffic of every trial into `dir` (slows the translators down)")
 	fs.BoolVar(&o.NoOffload, "no-offload", true, "also run \"gopasst --no-offload\" in the tap goodput scenarios")
@@ -212,6 +215,11 @@ func (b *Bench) setup() (func(), error) {
 	if _, err := os.Stat(b.opt.Pasta); err != nil {
 		return cleanup, fmt.Errorf("reference pasta: %w", err)
 	}
+	if b.opt.Pasta2 != "" {
+		if _, err := os.Stat(b.opt.Pasta2); err != nil {
+			return cleanup, fmt.Errorf("second reference pasta: %w", err)
+		}
+	}
 	var err error
 	if b.self, err = os.Executable(); err != nil {
 		return cleanup, err
@@ -249,6 +257,9 @@ func (b *Bench) setup() (func(), error) {
 		}
 	}
 	b.trs = []*Translator{{Name: "gopasst", Argv: []string{gp, "pasta"}}, {Name: "pasta", Argv: []string{b.opt.Pasta}}}
+	if b.opt.Pasta2 != "" {
+		b.trs = append(b.trs, &Translator{Name: pasta2, Argv: []string{b.opt.Pasta2}})
+	}
 	if b.opt.NoOffload {
 		b.trs = append(b.trs, &Translator{Name: noOffload, Argv: []string{gp, "pasta", "--no-offload"}, Variant: true})
 	}
@@ -430,6 +441,16 @@ func (b *Bench) versions() string {
 	ref := "pasta " + b.opt.Pasta
 	if out, err := exec.Command("dpkg-query", "-W", "-f", "${Version}", "passt").Output(); err == nil {
 		ref += " (Debian passt " + strings.TrimSpace(string(out)) + ")"
+	}
+	if b.opt.Pasta2 != "" {
+		// pasta prints its version without flushing when stdout is a
+		// pipe; stdbuf makes it line-buffered.
+		ref += " and " + pasta2 + " " + b.opt.Pasta2
+		if out, err := exec.Command("stdbuf", "-o0", b.opt.Pasta2, "--version").Output(); err == nil {
+			if line, _, _ := strings.Cut(string(out), "\n"); line != "" {
+				ref += " (" + strings.TrimSpace(line) + ")"
+			}
+		}
 	}
 	return gp + " vs " + ref
 }

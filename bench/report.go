@@ -95,40 +95,51 @@ func ratio(a, b float64) string {
 
 // table returns the results as markdown: a header with the conditions,
 // then one row per metric with each translator's median and the ratio
-// gopasst/pasta, then the failed trials. If the variant gopasst
-// --no-offload ran, two more columns show its median and the ratio
-// gopasst/(gopasst --no-offload), where it ran.
+// gopasst/pasta, then the failed trials. If the second reference (-pasta2)
+// or the variant gopasst --no-offload ran, two more columns each show its
+// median and the ratio of gopasst to it, where it ran.
 func (b *Bench) table() string {
 	var sb strings.Builder
 	o := b.opt
-	variant := false
-	for _, t := range b.trials {
-		variant = variant || t.Translator == noOffload
+	var extra []string // the other translators that ran, in this order
+	for _, name := range []string{pasta2, noOffload} {
+		for _, t := range b.trials {
+			if t.Translator == name {
+				extra = append(extra, name)
+				break
+			}
+		}
 	}
 	order := "A/B interleaved, order alternating"
-	if variant {
-		order = "A/B interleaved, order alternating; A/B/C, order rotating, where " + noOffload + " ran"
+	if len(extra) > 0 {
+		order = "interleaved, order rotating"
 	}
 	fmt.Fprintf(&sb, "%s; %s.\n", b.versions(), machine())
 	fmt.Fprintf(&sb, "Medians of %d repetitions (%s); trials of %v after %v warm-up, request/response %v, loss search %d steps of %v; flows at %.0f datagrams/s.\n\n",
 		o.Reps, order, o.Dur, o.Warmup, o.RRDur, o.Steps, o.StepDur, o.FlowRate)
-	if variant {
-		fmt.Fprintf(&sb, "| Scenario | gopasst | pasta | gopasst/pasta | %s | gopasst/no-offload | Unit |\n|---|---:|---:|---:|---:|---:|---|\n", noOffload)
-	} else {
-		fmt.Fprintf(&sb, "| Scenario | gopasst | pasta | gopasst/pasta | Unit |\n|---|---:|---:|---:|---|\n")
+	sb.WriteString("| Scenario | gopasst | pasta | gopasst/pasta |")
+	align := "|---|---:|---:|---:|"
+	for _, name := range extra {
+		short := name
+		if name == noOffload {
+			short = "no-offload"
+		}
+		fmt.Fprintf(&sb, " %s | gopasst/%s |", name, short)
+		align += "---:|---:|"
 	}
+	sb.WriteString(" Unit |\n" + align + "---|\n")
 	for _, r := range b.rows() {
 		g, p := r.summary("gopasst"), r.summary("pasta")
-		if !variant {
-			fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s |\n", r.label, format(g), format(p), ratio(g, p), r.unit)
-			continue
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s |", r.label, format(g), format(p), ratio(g, p))
+		for _, name := range extra {
+			n := r.summary(name)
+			nv, nr := "", ""
+			if !math.IsNaN(n) {
+				nv, nr = format(n), ratio(g, n)
+			}
+			fmt.Fprintf(&sb, " %s | %s |", nv, nr)
 		}
-		n := r.summary(noOffload)
-		nv, nr := "", ""
-		if !math.IsNaN(n) {
-			nv, nr = format(n), ratio(g, n)
-		}
-		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s | %s |\n", r.label, format(g), format(p), ratio(g, p), nv, nr, r.unit)
+		fmt.Fprintf(&sb, " %s |\n", r.unit)
 	}
 	var bad []string
 	for _, t := range b.trials {

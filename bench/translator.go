@@ -45,9 +45,12 @@ const readyTimeout = 15 * time.Second
 // noOffload is the name of the variant of gopasst without tap offloads.
 const noOffload = "gopasst --no-offload"
 
+// pasta2 is the name of the second reference (-pasta2).
+const pasta2 = "pasta2"
+
 // Translator is one of the programs under comparison.
 type Translator struct {
-	// Name is "gopasst", "pasta", or noOffload.
+	// Name is "gopasst", "pasta", pasta2, or noOffload.
 	Name string
 	// Argv is the program and the arguments that come before the
 	// options: the gopasst binary and "pasta" (and "--no-offload" for
@@ -265,9 +268,9 @@ func (in *Instance) waitReady(ctx context.Context, probe int) error {
 			missing = "IPv6 default route"
 		case !hasUsableAddr6(ns):
 			missing = "usable IPv6 address"
-		case !udpBound(ns, "udp", portNS) || !udpBound(ns, "udp6", portNS):
+		case !udpBoundBoth(ns, portNS):
 			missing = fmt.Sprintf("port %d bound in the namespace", portNS)
-		case !udpBound(probe, "udp", portFwd) || !udpBound(probe, "udp6", portFwd):
+		case !udpBoundBoth(probe, portFwd):
 			missing = fmt.Sprintf("port %d bound on the host", portFwd)
 		case in.tcp && !tcpListeningBoth(ns, portTCPNS):
 			missing = fmt.Sprintf("TCP port %d listening in the namespace", portTCPNS)
@@ -341,14 +344,24 @@ func hasUsableAddr6(pid int) bool {
 
 // udpBound reports whether a socket in pid's network namespace is bound to
 // port (name "udp" or "udp6").
-func udpBound(pid int, name string, port int) bool {
+func udpBound(pid int, name string, port int, wildcard bool) bool {
 	suffix := fmt.Sprintf(":%04X", port)
 	for _, f := range procLines(pid, name) {
-		if len(f) > 1 && strings.HasSuffix(f[1], suffix) {
+		if len(f) > 1 && strings.HasSuffix(f[1], suffix) &&
+			(!wildcard || strings.Trim(strings.TrimSuffix(f[1], suffix), "0") == "") {
 			return true
 		}
 	}
 	return false
+}
+
+// udpBoundBoth reports whether sockets in pid's network namespace are
+// bound to port for IPv4 and IPv6: one per family (gopasst), or one
+// dual-stack socket on [::], which shows only in udp6 (the 2025
+// reference).
+func udpBoundBoth(pid, port int) bool {
+	return udpBound(pid, "udp6", port, false) &&
+		(udpBound(pid, "udp", port, false) || udpBound(pid, "udp6", port, true))
 }
 
 // TapBytes returns the bytes received plus sent on the namespace's

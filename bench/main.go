@@ -364,10 +364,10 @@ func (b *Bench) runAll(ctx context.Context) bool {
 // trial runs scenario s once with translator tr.
 func (b *Bench) trial(ctx context.Context, s Scenario, tr *Translator, rep int) Trial {
 	t := Trial{Scenario: s.Name, Translator: tr.Name, Rep: rep}
-	var extra []string
+	extra := append([]string{}, s.Args...)
 	if b.opt.Pcap != "" {
 		name := fmt.Sprintf("%s-%s-%d.pcap", strings.ReplaceAll(s.Name, "/", "_"), strings.ReplaceAll(tr.Name, " ", ""), rep+1)
-		extra = []string{"-p", filepath.Join(b.opt.Pcap, name)}
+		extra = append(extra, "-p", filepath.Join(b.opt.Pcap, name))
 	}
 	in, err := b.startInstance(ctx, tr, s.TCP, extra...)
 	if err != nil {

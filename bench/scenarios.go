@@ -157,6 +157,8 @@ type Scenario struct {
 	// [translatorArgs]); the other scenarios run them with -t none -T
 	// none.
 	TCP bool
+	// Args are more options for every translator (e.g. "-m 1500").
+	Args []string
 }
 
 // rateSize is the payload of the loss search, the flows test, and the

@@ -65,6 +65,20 @@ func tcpScenarios() []Scenario {
 	for _, p := range []Path{tcpTapNSHost, tcpTapHostNS, tcpSpliceNSHost, tcpSpliceHostNS} {
 		for _, f := range families {
 			out = append(out, Scenario{Name: fmt.Sprintf("tcp/%s/%s/goodput", p.Name, f.Name), TCP: true,
+				Variants: p.Via == "tap",
+				Run: func(ctx context.Context, b *Bench, in *Instance, t *Trial) error {
+					return b.tcpGoodput(ctx, in, t, p, f)
+				}})
+		}
+	}
+	// The tap paths again with the namespace's MTU at 1500, where
+	// segmentation offload makes the difference.
+	for _, p := range []Path{tcpTapNSHost, tcpTapHostNS} {
+		p.Name += "-mtu1500"
+		p.Label += ", MTU 1500"
+		for _, f := range families {
+			out = append(out, Scenario{Name: fmt.Sprintf("tcp/%s/%s/goodput", p.Name, f.Name), TCP: true,
+				Variants: true, Args: []string{"-m", "1500"},
 				Run: func(ctx context.Context, b *Bench, in *Instance, t *Trial) error {
 					return b.tcpGoodput(ctx, in, t, p, f)
 				}})

@@ -8,11 +8,14 @@
 //	gopasst pasta [OPTION]... PID
 //	gopasst pasta [OPTION]... --netns PATH|NAME
 //	gopasst passt [OPTION]...
+//	gopasst ctl SOCKET list|add SPEC|del SPEC|flows|stats
 //
 // Invoked through a name that starts with "pasta" or "passt" (a symbolic
 // link, say), gopasst runs in that mode directly, so it can stand in where
 // the reference implementation is expected. The options follow the
-// reference's passt(1) manual page.
+// reference's passt(1) manual page. "gopasst ctl" is the client of the
+// control socket (-c, --conf-path); invoked as "pesto", gopasst behaves as
+// upstream's pesto client.
 package main
 
 import (
@@ -60,6 +63,9 @@ func profiled(argv []string) int {
 }
 
 func run(argv []string) int {
+	if code, ok := runCtl(argv); ok {
+		return code
+	}
 	mode, args, ok := pickMode(argv)
 	if !ok {
 		fmt.Fprintf(os.Stderr, "usage: gopasst pasta|passt [OPTION]... (see gopasst pasta --help)\n")

@@ -132,7 +132,7 @@ func init() {
 			help:  "gopasst: don't sandbox after set-up (for debugging)",
 			apply: flag(func(c *Config) *bool { return &c.NoSandbox })},
 		{long: []string{"conf-path"}, short: 'c', hasArg: true, modes: inBoth, arg: "PATH",
-			help: "Configuration socket path (experimental)",
+			help: "Control socket path, for pesto(1) and \"gopasst ctl\":\nlist, add and delete forwarding rules at run time,\nlist flows, show counters; mode 0600, only the user\nwho started gopasst may connect; removed at exit",
 			apply: func(p *parser, v string) error {
 				if err := checkPath(v, maxSockPath); err != nil {
 					return err

@@ -30,6 +30,7 @@ import (
 	"syscall"
 
 	"github.com/gopasst/gopasst/internal/conf"
+	"github.com/gopasst/gopasst/internal/ctl"
 	"github.com/gopasst/gopasst/internal/daemon"
 	"github.com/gopasst/gopasst/internal/engine"
 	"github.com/gopasst/gopasst/internal/log"
@@ -97,6 +98,13 @@ func run(cfg *conf.Config, sb *sandbox.Sandbox, protos []engine.Protocol) error 
 	}
 	log.Infof("Outbound interface: %s", n.HostIfname)
 	n.Log()
+	// The control socket (-c), bound before the sandbox.
+	ctlSrv, err := ctl.Start(cfg, eng, false)
+	if err != nil {
+		return err
+	}
+	defer ctlSrv.Close()
+	sb.RemoveAtExit(cfg.ConfPath)
 	removePID, err := daemon.WritePID(cfg.PIDFile)
 	if err != nil {
 		return err

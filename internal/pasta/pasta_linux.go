@@ -46,6 +46,7 @@ import (
 	"time"
 
 	"github.com/gopasst/gopasst/internal/conf"
+	"github.com/gopasst/gopasst/internal/ctl"
 	"github.com/gopasst/gopasst/internal/daemon"
 	"github.com/gopasst/gopasst/internal/engine"
 	"github.com/gopasst/gopasst/internal/fwd"
@@ -257,6 +258,14 @@ func run(cfg *conf.Config, sb *sandbox.Sandbox, protos []engine.Protocol) (int, 
 			log.Debugf("counters:\n%s", st)
 		}
 	}()
+
+	// The control socket (-c), bound before the sandbox.
+	ctlSrv, err := ctl.Start(cfg, eng, nsSocket != nil)
+	if err != nil {
+		return 1, err
+	}
+	defer ctlSrv.Close()
+	sb.RemoveAtExit(cfg.ConfPath)
 
 	defer st.DumpOnSIGUSR1()()
 	sigs := make(chan os.Signal, 4)

@@ -41,6 +41,10 @@ func (e *Engine) putFrame(w *writer, b []byte, th, hl, plen int, s *flow.Side, p
 	return b[start : th+l4]
 }
 
+// sndbufRefresh is how many window computations reuse the send buffer's
+// size read before.
+const sndbufRefresh = 64
+
 // window computes the window to advertise to the guest: the free room of
 // the host socket's send buffer, none below one segment (no silly
 // windows), at most maxWindow. It sets wantOut when the room is small,
@@ -49,14 +53,22 @@ func (e *Engine) window(c *conn, atLeastOne bool) uint32 {
 	if c.guestFIN {
 		return maxWindow >> 4
 	}
-	sndbuf, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
-	if err != nil {
-		return 0
-	}
 	outq, err := unix.IoctlGetInt(c.fd, unix.TIOCOUTQ)
 	if err != nil {
 		return 0
 	}
+	// The kernel grows the send buffer as the connection speeds up: read
+	// its size again when the queue fills half of what we know of it,
+	// and now and then.
+	if c.sndbuf == 0 || outq >= c.sndbuf/2 || c.sndbufAge >= sndbufRefresh {
+		if c.sndbuf, err = unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF); err != nil {
+			c.sndbuf = 0
+			return 0
+		}
+		c.sndbufAge = 0
+	}
+	c.sndbufAge++
+	sndbuf := c.sndbuf
 	// The buffer also pays for the kernel's per-packet overhead.
 	free := sndbuf*3/4 - outq
 	if free < min(c.mss, sndbuf/4) {
@@ -123,8 +135,12 @@ func (e *Engine) sendSyn(w *writer, f *flow.Flow, c *conn) {
 
 // toGuest sends what the host socket holds beyond what is in flight, as
 // far as the guest's window goes, and the FIN after the end of file. It
-// reports false if it freed the connection.
-func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
+// reports false if it freed the connection. With drain (the event said
+// the peer closed or hung up), it reads until the socket has nothing
+// more, so that the end of file behind the data is seen; otherwise a
+// read that returns less than it asked for ends it, as whatever arrives
+// later raises a new edge-triggered event.
+func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64, drain bool) bool {
 	w := e.lw
 	s := &f.Side[c.tap]
 	partial := w.out.Partial()
@@ -168,7 +184,9 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
 			left -= l
 		}
 		n, err := recvmsg(c.fd, iov, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		short := n < want
 		if !e.peekOff && err == nil && n > 0 {
+			short = n < want+int(c.sndNxt-c.sndUna)
 			n -= int(c.sndNxt - c.sndUna)
 			if n <= 0 {
 				n = -1 // nothing beyond what is in flight yet
@@ -232,8 +250,9 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64) bool {
 			c.rtoAt = now + c.rto
 		}
 		c.lastAct = now
-		// Edge-triggered: read on until the queue is empty (EAGAIN), so
-		// that an end of file that came with the last data is seen.
+		if short && !drain {
+			break // the queue is empty: the next data raises an event
+		}
 	}
 	return true
 }

@@ -190,6 +190,9 @@ type conn struct {
 	rcvNxt   uint32
 	rcvScale uint8
 	rcvWnd   uint32
+	// sndbuf is the host socket's send buffer size as last read,
+	// sndbufAge the window computations since (see window).
+	sndbuf, sndbufAge int
 	// Endings: the host's EOF was read, our FIN sent (at finSeq) and
 	// acknowledged; the guest's FIN arrived (and the host socket was
 	// shut for writing).
@@ -320,7 +323,7 @@ func (e *Engine) connEvent(r evloop.Ref, ev uint32) {
 		e.sendAck(e.lw, f, c, true)
 	}
 	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLRDHUP) != 0 {
-		if !e.toGuest(r.Index, f, c, now) {
+		if !e.toGuest(r.Index, f, c, now, ev&(unix.EPOLLHUP|unix.EPOLLRDHUP) != 0) {
 			return
 		}
 	}

@@ -126,6 +126,7 @@ func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters,
 	if n.MapHostLoopback6.IsValid() {
 		rules.RouterLL6 = e.L2.LinkLocal()
 	}
+	rules.OurTapAddr4, rules.OurTapLL6 = n.Gateway4, e.L2.LinkLocal()
 	e.Rules = rules
 	e.Router4, e.Router6 = n.Gateway4, router6(n, e.L2.LinkLocal())
 	maxFlows := cfg.MaxFlows

@@ -58,6 +58,12 @@ type Rules struct {
 	// HostAddrs are the host's own addresses: datagrams from them appear to
 	// the guest as coming from MapHostLoopback.
 	HostAddrs []netip.Addr
+	// OurTapAddr4 and OurTapLL6 are where the host's loopback and own
+	// addresses appear from when nothing above stands for them (with
+	// --no-map-gw, as podman runs pasta: its --map-guest-addr is IPv4
+	// only): the gateway, and our link-local address, as the reference's
+	// our_tap_addr and our_tap_ll. Invalid: such flows are Unmappable.
+	OurTapAddr4, OurTapLL6 netip.Addr
 	// Outbound4 and Outbound6, when valid, are bound by outbound sockets
 	// (-o); OutboundIf4 and OutboundIf6 name their device (--outbound-if4/6).
 	Outbound4, Outbound6     netip.Addr
@@ -217,6 +223,14 @@ func (r *Rules) FromHost(ini flow.Side, guestPort uint16, g *Guest) (flow.PIF, f
 	case mapGuest.IsValid() && src == guestAddr:
 		tgt.FAddr = mapGuest
 	case src.IsLoopback() || r.isHostAddr(src):
+		if !mapHost.IsValid() {
+			// A link-local source reaches the guest's global address
+			// too: the guest answers it on the link it came from.
+			mapHost = r.OurTapLL6
+			if v4 {
+				mapHost = r.OurTapAddr4
+			}
+		}
 		if !mapHost.IsValid() {
 			return flow.PIFNone, flow.Side{}, Unmappable
 		}

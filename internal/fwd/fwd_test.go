@@ -132,6 +132,56 @@ func TestFromHost(t *testing.T) {
 	}
 }
 
+// TestFromHostPodman is what podman runs pasta with: --no-map-gw and an
+// IPv4-only --map-guest-addr. The host's own IPv6 address and its
+// loopback (without splice) have nothing to appear as but our link-local
+// address, the reference's our_tap_ll; the IPv4 loopback appears as the
+// gateway, its our_tap_addr. Without those, the flow is Unmappable.
+func TestFromHostPodman(t *testing.T) {
+	g := NewGuest(a("192.0.2.2"), a("2001:db8::2"))
+	ll := a("fe80::9855:9aff:fe55:9a55")
+	podman := func(r *Rules) {
+		noMap(r)
+		r.MapGuestAddr4 = a("169.254.1.2")
+		r.OurTapAddr4, r.OurTapLL6 = a("192.0.2.1"), ll
+	}
+	cases := []struct {
+		name      string
+		r         func(*Rules)
+		ini, want flow.Side
+		v         Verdict
+	}{
+		{"host's IPv6 address appears as our link-local", podman,
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 5555, FAddr: a("::"), FPort: 10001},
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 10002, FAddr: ll, FPort: 5555}, OK},
+		{"IPv6 loopback appears as our link-local", podman,
+			flow.Side{EAddr: a("::1"), EPort: 5555, FAddr: a("::"), FPort: 10001},
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 10002, FAddr: ll, FPort: 5555}, OK},
+		{"host's IPv4 address appears as map-guest-addr", podman,
+			flow.Side{EAddr: a("192.0.2.2"), EPort: 5555, FAddr: a("0.0.0.0"), FPort: 10001},
+			flow.Side{EAddr: a("192.0.2.2"), EPort: 10002, FAddr: a("169.254.1.2"), FPort: 5555}, OK},
+		{"IPv4 loopback appears as the gateway", podman,
+			flow.Side{EAddr: a("127.0.0.1"), EPort: 5555, FAddr: a("0.0.0.0"), FPort: 10001},
+			flow.Side{EAddr: a("192.0.2.2"), EPort: 10002, FAddr: a("192.0.2.1"), FPort: 5555}, OK},
+		{"remote IPv6 peer kept", podman,
+			flow.Side{EAddr: a("2001:db8:1::1"), EPort: 5555, FAddr: a("::"), FPort: 10001},
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 10002, FAddr: a("2001:db8:1::1"), FPort: 5555}, OK},
+		{"map-host-loopback still wins", func(r *Rules) { r.OurTapLL6 = ll },
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 5555, FAddr: a("::"), FPort: 10001},
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 10002, FAddr: a("2001:db8::1"), FPort: 5555}, OK},
+		{"nothing to appear as", func(r *Rules) { podman(r); r.OurTapLL6 = netip.Addr{} },
+			flow.Side{EAddr: a("2001:db8::2"), EPort: 5555, FAddr: a("::"), FPort: 10001}, flow.Side{}, Unmappable},
+	}
+	for _, c := range cases {
+		r := rules()
+		c.r(r)
+		pif, got, v := r.FromHost(c.ini, 10002, g)
+		if v != c.v || got != c.want || v == OK && pif != flow.PIFTap {
+			t.Errorf("%s: got %v %v %v, want %v %v", c.name, pif, got, v, c.want, c.v)
+		}
+	}
+}
+
 func TestGuestLearning(t *testing.T) {
 	g := NewGuest(netip.Addr{}, netip.Addr{})
 	if g.MAC() != packet.BroadcastMAC {

@@ -134,7 +134,7 @@ func listenSocket(mk func(int, int, int) (int, error), f fwd.Forward) (int, erro
 	}
 	if err := unix.Bind(fd, sockaddr.From(netip.AddrPortFrom(f.Addr, f.Port))); err != nil {
 		unix.Close(fd)
-		return -1, err
+		return -1, sockaddr.BindError(err, f.Port)
 	}
 	if err := unix.Listen(fd, backlog); err != nil {
 		unix.Close(fd)

@@ -90,7 +90,7 @@ func listenSocket(mk SocketFunc, addr netip.Addr, port uint16, ifname string) (i
 	}
 	if err := unix.Bind(fd, sockaddr.From(netip.AddrPortFrom(addr, port))); err != nil {
 		unix.Close(fd)
-		return -1, err
+		return -1, sockaddr.BindError(err, port)
 	}
 	return fd, nil
 }

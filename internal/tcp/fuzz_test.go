@@ -221,7 +221,10 @@ type connModel struct {
 	read                   int    // what it read, checked against the guest's stream
 	eof, rdErr             bool
 	shut, closed, wasReset bool
-	waited                 time.Duration
+	// rstQueued: the batch being built holds a RST of the guest's;
+	// guestReset: such a RST ended the flow.
+	rstQueued, guestReset bool
+	waited                time.Duration
 }
 
 // fail reports a broken rule with the connection's state.
@@ -395,8 +398,14 @@ func (m *connModel) flush() {
 	m.drain()
 	m.bound = m.una
 	if !alive {
+		// A RST of the guest's that ended the flow aborts the
+		// connection: the socket is closed with linger 0, and what
+		// the server had not read yet may be lost (as with any
+		// RST).
+		m.guestReset = m.guestReset || !m.ended && m.rstQueued
 		m.ended = true
 	}
+	m.rstQueued = false
 }
 
 // mults scale the offsets of near sequence and acknowledgement numbers.
@@ -499,6 +508,9 @@ func (m *connModel) segment(r *fuzzReader) {
 	m.hiSent = max(m.hiSent, end)
 	if !wild && !broken {
 		m.gNxt = max(m.gNxt, end)
+	}
+	if flags&flagRST != 0 && !broken && !m.ended {
+		m.rstQueued = true
 	}
 	if flags&(flagACK|flagSYN|flagRST) == flagACK && !broken && !m.ended {
 		// The engine takes an ACK of no more than it sent.
@@ -650,7 +662,7 @@ func (m *connModel) finish() {
 		}
 		m.srvRead(0)
 	}
-	if !m.closed && !m.rdErr && !m.wasReset {
+	if !m.closed && !m.rdErr && !m.wasReset && !m.guestReset {
 		// Nothing reset: everything acknowledged reached the server,
 		// and the FIN as end of file.
 		fin := int64(0)

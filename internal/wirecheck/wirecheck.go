@@ -23,6 +23,7 @@ package wirecheck
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -405,15 +406,22 @@ func checkNDPOptions(o []byte) error {
 }
 
 // checkQuote checks the datagram an ICMP error quotes: an IP header of
-// the frame's family and at least the 8 bytes after it, from the address
-// the error goes to.
+// the frame's family and at least the 8 bytes after it (all of the
+// datagram if it is shorter), from the address the error goes to.
 func checkQuote(q []byte, version int, f *Frame) error {
 	hl := 20
 	if version == 6 {
 		hl = 40
 	}
-	if len(q) < hl+8 {
-		return fmt.Errorf("ICMP error quotes %d bytes, less than an IPv%d header and 8 bytes", len(q), version)
+	if len(q) < hl {
+		return fmt.Errorf("ICMP error quotes %d bytes, less than an IPv%d header", len(q), version)
+	}
+	total := int(binary.BigEndian.Uint16(q[2:4]))
+	if version == 6 {
+		total = hl + int(binary.BigEndian.Uint16(q[4:6]))
+	}
+	if len(q) < min(hl+8, total) {
+		return fmt.Errorf("ICMP error quotes %d bytes, less than an IPv%d header and 8 bytes of a datagram of %d", len(q), version, total)
 	}
 	if int(q[0]>>4) != version {
 		return fmt.Errorf("ICMP error quotes an IP version %d header in IPv%d", q[0]>>4, version)

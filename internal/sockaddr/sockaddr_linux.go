@@ -7,6 +7,7 @@ package sockaddr
 import (
 	"errors"
 	"net/netip"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,17 +33,31 @@ func To(sa unix.Sockaddr) (netip.AddrPort, bool) {
 }
 
 // Local is the address and port socket fd is bound to (for a ping
-// socket, the port is its echo identifier).
+// socket, the port is its echo identifier). It asks getsockname(2)
+// itself: unix.Getsockname also asks for the socket's protocol, a second
+// system call per connection.
 func Local(fd int) (netip.AddrPort, error) {
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		return netip.AddrPort{}, err
+	var rsa unix.RawSockaddrAny
+	l := uint32(unix.SizeofSockaddrAny)
+	_, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&l)))
+	if e != 0 {
+		return netip.AddrPort{}, e
 	}
-	ap, ok := To(sa)
-	if !ok {
-		return netip.AddrPort{}, errors.New("getsockname: not an IP socket")
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), netPort(&sa.Port)), nil
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), netPort(&sa.Port)), nil
 	}
-	return ap, nil
+	return netip.AddrPort{}, errors.New("getsockname: not an IP socket")
+}
+
+// netPort reads a port stored in network byte order.
+func netPort(p *uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	return uint16(b[0])<<8 | uint16(b[1])
 }
 
 // Socket opens, with mk (socket(2), or a namespace's factory), a

@@ -15,6 +15,10 @@ import (
 	"github.com/gopasst/gopasst/internal/stats"
 )
 
+// maxMSSClamp is the largest TCP_MAXSEG Linux takes (MAX_TCP_WINDOW);
+// a guest MSS above it needs no clamp.
+const maxMSSClamp = 32767
+
 // pending is the in-order payload of a batch for one connection, written
 // to its socket in one sendmsg.
 type pending struct {
@@ -215,7 +219,9 @@ func (e *Engine) connect(tgt flow.Side, mss int) (int, error) {
 			return fail(err)
 		}
 	}
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG, mss)
+	if mss <= maxMSSClamp {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG, mss)
+	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	if e.peekOff {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0)

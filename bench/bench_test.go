@@ -63,7 +63,7 @@ func TestQuick(t *testing.T) {
 	want := []string{
 		"goodput/tap-ns-host/ipv4/1372 gopasst", "goodput/tap-ns-host/ipv4/1372 pasta", "goodput/tap-ns-host/ipv4/1372 " + noOffload,
 		"goodput/splice-host-ns/ipv6/1372 gopasst", "goodput/splice-host-ns/ipv6/1372 pasta",
-		"tcp/tap-host-ns/ipv4/goodput gopasst", "tcp/tap-host-ns/ipv4/goodput pasta",
+		"tcp/tap-host-ns/ipv4/goodput gopasst", "tcp/tap-host-ns/ipv4/goodput pasta", "tcp/tap-host-ns/ipv4/goodput " + noOffload,
 	}
 	for _, tr := range []string{"gopasst", "pasta", noOffload} {
 		want = append(want, "goodput-gso/tap-host-ns/ipv4/1372 "+tr)

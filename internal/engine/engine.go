@@ -1,7 +1,7 @@
 // Package engine runs gopasst's data path: the core that every protocol
 // shares. It reads frames from the guest's endpoint and hands each to the
 // part that deals with it, and it runs the host side's event loop beside
-// it. It knows no transport protocol: UDP, ICMP echo and, later, TCP plug
+// it. It knows no transport protocol: UDP, TCP and ICMP echo plug
 // in as [Protocol]s (package protocols lists them).
 //
 // # Theory of operation

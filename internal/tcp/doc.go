@@ -34,13 +34,34 @@
 // costs no wake-ups.
 //
 // Guest to host. The in-order payloads of a batch of the guest's segments
-// for one connection go out in one sendmsg(2); a full send buffer or a
-// partial write acknowledges only what the socket took, and the guest
-// retransmits the rest. The window the guest sees is the free room of the
-// host socket's send buffer, rounded to nothing below one segment so the
-// guest sends no silly segments; when it is that small, EPOLLOUT on the
-// socket sends the window update. Segments beyond a hole are answered
-// with a duplicate ACK for the hole, as the reference does.
+// for one connection go out in one sendmsg(2), also what lies beyond the
+// window last advertised (the guest may have sent it under a wider one);
+// a full send buffer or a partial write acknowledges only what the socket
+// took. The window the guest sees is what the host socket's send buffer
+// can still take: with little queued, three quarters of its free room;
+// beyond a quarter of it full, the free memory SO_MEMINFO reports, turned
+// into payload at the rate of payload to memory the queue shows (small
+// segments to a slow peer cost more memory per byte). It is rounded to
+// nothing below one segment so the guest sends no silly segments; when it
+// is that small, EPOLLOUT on the socket sends the window update, followed
+// by three duplicates of it if the socket had refused data, so that the
+// guest retransmits at once rather than on its timeout. Segments beyond a
+// hole are answered with a duplicate ACK for the hole, as the reference
+// does.
+//
+// Offloads. On a tap with TSO (TUN_F_TSO4/6), the guest's TCP segments
+// come up to 64 KiB whatever the MTU, and socket data goes to it as GSO
+// frames of up to 64 KiB with gso_size the guest's MSS and a partial
+// checksum; without them (passt mode, --no-offload) each segment is one
+// frame of at most the MSS.
+//
+// Sequence numbers. Our initial sequence number towards the guest is a
+// keyed hash of the four-tuple plus a clock ticking every 64 ns (RFC
+// 6528), so a new connection starts above an older one of the same
+// ports and a guest holding that one in TIME-WAIT takes the new SYN. If
+// it answers with an ACK of the old connection instead, that ACK gets
+// the RST RFC 9293 asks for, which ends the old connection, and our SYN's
+// retransmission opens the new one.
 //
 // Timers. Once a second the loop's tick retransmits what the guest has not
 // acknowledged for longer than the retransmission timeout (1 s, doubling

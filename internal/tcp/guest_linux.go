@@ -133,7 +133,7 @@ func (e *Engine) open(p *packet.Parsed, s *segment, now int64) {
 	}
 	f.SetIni(flow.TypeTCP, flow.PIFTap, ini)
 	c := e.conn(idx)
-	*c = conn{tap: flow.Ini, fd: -1, iss: newISN(), rcvNxt: s.seq + 1, guestISN: s.seq,
+	*c = conn{tap: flow.Ini, fd: -1, iss: e.isn(&f.Side[flow.Ini], now), rcvNxt: s.seq + 1, guestISN: s.seq,
 		sndWnd: uint32(s.wnd), lastAct: now, since: now, rto: int64(initialRTO)}
 	c.sndUna, c.sndNxt, c.sndMax = c.iss, c.iss+1, c.iss+1
 	c.mss = e.mssFor(ini.EAddr)
@@ -241,7 +241,16 @@ func (e *Engine) segment(idx int32, f *flow.Flow, c *conn, p *packet.Parsed, s *
 	case stConnecting:
 		return true // the guest's SYN again: it gets the SYN-ACK once connected
 	case stSynSent:
-		if s.flags&(flagSYN|flagACK) != flagSYN|flagACK || s.ack != c.iss+1 {
+		if s.flags&flagACK != 0 && s.ack != c.iss+1 {
+			// It acknowledges something else, as a guest still
+			// holding an older connection of these ports in
+			// TIME-WAIT does: a RST at its ACK ends that one, and
+			// our next SYN opens this (RFC 9293 3.10.7.3).
+			e.sendSeg(e.tw, f, c, s.ack, flagRST)
+			e.st.TCPResets.Add(1)
+			return true
+		}
+		if s.flags&(flagSYN|flagACK) != flagSYN|flagACK {
 			return true
 		}
 		c.rcvNxt, c.guestISN = s.seq+1, s.seq
@@ -428,10 +437,11 @@ func (e *Engine) dataFromGuest(c *conn, s *segment) {
 		return
 	}
 	if len(pl) > 0 {
-		if pd.n+len(pl) > int(max(c.rcvWnd, uint32(c.mss))) && pd.n > 0 {
-			pd.ack = true // beyond what we said we would take
-			return
-		}
+		// Data beyond the window last advertised is taken too: the
+		// guest may have sent it under a window that has shrunk since
+		// (the send buffer's estimate moves), and dropping it would
+		// leave the guest to its retransmission timeout. The socket
+		// says what it takes (flushData).
 		v := unix.Iovec{Base: &pl[0]}
 		v.SetLen(len(pl))
 		pd.iov = append(pd.iov, v)
@@ -492,7 +502,7 @@ func (e *Engine) flushData() bool {
 	}
 	if sent < n {
 		pd.fin = false // the guest sends it again with the rest
-		c.wantOut = true
+		c.wantOut, c.lost = true, true
 	}
 	c.rcvNxt += uint32(sent)
 	pd.ack = true

@@ -41,14 +41,23 @@ func (e *Engine) putFrame(w *writer, b []byte, th, hl, plen int, s *flow.Side, p
 	return b[start : th+l4]
 }
 
-// sndbufRefresh is how many window computations reuse the send buffer's
-// size read before.
+// sndbufRefresh is how many window computations may reuse the send
+// buffer's size read before.
 const sndbufRefresh = 64
 
-// window computes the window to advertise to the guest: the free room of
-// the host socket's send buffer, none below one segment (no silly
+// window computes the window to advertise to the guest: what the host
+// socket's send buffer can still take, none below one segment (no silly
 // windows), at most maxWindow. It sets wantOut when the room is small,
 // so that EPOLLOUT sends the update.
+//
+// The buffer's limit is on memory, not payload: each queued skb costs
+// its overhead too, and when the host's peer takes small segments (a
+// small receive window) a byte of payload can cost two of memory. With
+// little queued, three quarters of the buffer is a safe guess; beyond a
+// quarter of it, SO_MEMINFO gives the buffer's size and the memory
+// queued, and the free memory is turned into payload at the rate the
+// queue shows. Advertising more than the socket takes would drop data
+// the guest must then retransmit, slowly, after its timeout.
 func (e *Engine) window(c *conn, atLeastOne bool) uint32 {
 	if c.guestFIN {
 		return maxWindow >> 4
@@ -57,29 +66,44 @@ func (e *Engine) window(c *conn, atLeastOne bool) uint32 {
 	if err != nil {
 		return 0
 	}
-	// The kernel grows the send buffer as the connection speeds up: read
-	// its size again when the queue fills half of what we know of it,
-	// and now and then.
-	if c.sndbuf == 0 || outq >= c.sndbuf/2 || c.sndbufAge >= sndbufRefresh {
-		if c.sndbuf, err = unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF); err != nil {
+	free := c.sndbuf*3/4 - outq
+	if c.sndbuf == 0 || outq >= c.sndbuf/4 || c.sndbufAge >= sndbufRefresh {
+		sndbuf, queued, err := meminfo(c.fd)
+		if err != nil {
 			c.sndbuf = 0
 			return 0
 		}
-		c.sndbufAge = 0
+		c.sndbuf, c.sndbufAge = sndbuf, 0
+		free = sndbuf*3/4 - outq
+		if queued > outq && outq > 0 {
+			// Payload per byte of memory as queued now, with an
+			// eighth kept back for the next skbs' overhead.
+			free = int(int64(sndbuf-queued) * int64(outq) / int64(queued) * 7 / 8)
+		}
 	}
 	c.sndbufAge++
-	sndbuf := c.sndbuf
-	// The buffer also pays for the kernel's per-packet overhead.
-	free := sndbuf*3/4 - outq
-	if free < min(c.mss, sndbuf/4) {
+	if least := min(c.mss, c.sndbuf/4); free < least {
 		// Too little to be worth a segment: wait for EPOLLOUT.
 		free = 0
 		if atLeastOne {
-			free = min(c.mss, sndbuf/4)
+			free = least
 		}
 		c.wantOut = true
 	}
 	return uint32(min(free, maxWindow))
+}
+
+// meminfo reads a socket's send buffer size and the memory its queue
+// holds (SO_MEMINFO), without allocating.
+func meminfo(fd int) (sndbuf, queued int, err error) {
+	var mem [unix.SK_MEMINFO_VARS]uint32
+	l := uint32(unsafe.Sizeof(mem))
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_MEMINFO,
+		uintptr(unsafe.Pointer(&mem[0])), uintptr(unsafe.Pointer(&l)), 0)
+	if e != 0 {
+		return 0, 0, e
+	}
+	return int(mem[unix.SK_MEMINFO_SNDBUF]), int(mem[unix.SK_MEMINFO_WMEM_QUEUED]), nil
 }
 
 // sendSeg sends a segment without payload and without options to the
@@ -99,6 +123,21 @@ func (e *Engine) sendSeg(w *writer, f *flow.Flow, c *conn, seq uint32, flags uin
 func (e *Engine) sendAck(w *writer, f *flow.Flow, c *conn, atLeastOne bool) {
 	c.rcvWnd = e.window(c, atLeastOne)
 	e.sendSeg(w, f, c, c.sndNxt, flagACK)
+}
+
+// windowUpdate sends the ACK that reopens the window once the host
+// socket has room again (EPOLLOUT, or the timer). If the socket had
+// refused some of the guest's data, three more of the same ACK follow:
+// duplicates, on which the guest retransmits at once instead of after
+// its timeout (RFC 5681 3.2).
+func (e *Engine) windowUpdate(w *writer, f *flow.Flow, c *conn, atLeastOne bool) {
+	e.sendAck(w, f, c, atLeastOne)
+	if c.lost && c.rcvWnd > 0 {
+		c.lost = false
+		for range 3 {
+			e.sendSeg(w, f, c, c.sndNxt, flagACK)
+		}
+	}
 }
 
 // sendRST resets the guest's side of the connection. Before our SYN-ACK,

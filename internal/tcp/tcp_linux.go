@@ -1,8 +1,9 @@
 package tcp
 
 import (
+	"encoding/binary"
 	"errors"
-	"math/rand/v2"
+	"hash/maphash"
 	"net/netip"
 	"time"
 
@@ -90,6 +91,7 @@ type Engine struct {
 	mss4    int    // largest segment the guest's MTU takes, IPv4
 	mss6    int    // and IPv6
 	pend    pending
+	isnKey  maphash.Seed // the secret of isn
 }
 
 // writer is one goroutine's output to the guest and its scratch space.
@@ -121,7 +123,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, rules: *cfg.Rules, st: cfg.Stats, ps: &cfg.Stats.TCP, tab: cfg.Flows, loop: cfg.Loop,
 		mss4: min(mtu-packet.IPv4Len-hdrLen, 65535-packet.IPv4Len-hdrLen),
-		mss6: min(mtu-packet.IPv6Len-hdrLen, 65535-hdrLen)}
+		mss6: min(mtu-packet.IPv6Len-hdrLen, 65535-hdrLen), isnKey: maphash.MakeSeed()}
 	e.rules.Splice = cfg.NSSocket != nil && cfg.Rules.Splice
 	e.pipeSize = maxPipeSize()
 	e.lw = newWriter(cfg.LoopOut, true)
@@ -199,9 +201,11 @@ type conn struct {
 	hostEOF, finSent, finAcked, guestFIN bool
 	finSeq                               uint32
 	// wantOut waits for room in the host's send buffer to update the
-	// window; keepalive is set once SO_KEEPALIVE is on; stalled says the
-	// last read stopped at the end of the guest's window.
-	wantOut, keepalive, stalled bool
+	// window; lost says the socket did not take all the guest sent, so
+	// the update comes with duplicate ACKs; keepalive is set once
+	// SO_KEEPALIVE is on; stalled says the last read stopped at the end
+	// of the guest's window.
+	wantOut, lost, keepalive, stalled bool
 	// Timers, in monotonic nanoseconds: the retransmission deadline (0:
 	// none) and timeout, retries of the current one, duplicate ACKs
 	// seen, and the last traffic.
@@ -240,7 +244,20 @@ func (c *conn) room() uint32 {
 	return c.sndWnd - used
 }
 
-func newISN() uint32 { return rand.Uint32() }
+// isn chooses our initial sequence number towards the guest for the
+// addresses and ports of side s (RFC 6528): a keyed hash of them, which
+// an off-path attacker cannot guess, plus a clock ticking every 64 ns.
+// A new connection with the addresses and ports of one the guest still
+// keeps in TIME-WAIT so starts above it, and the guest takes its SYN.
+func (e *Engine) isn(s *flow.Side, now int64) uint32 {
+	var b [36]byte
+	ea, fa := s.EAddr.As16(), s.FAddr.As16()
+	copy(b[0:16], ea[:])
+	copy(b[16:32], fa[:])
+	binary.BigEndian.PutUint16(b[32:], s.EPort)
+	binary.BigEndian.PutUint16(b[34:], s.FPort)
+	return uint32(maphash.Bytes(e.isnKey, b[:])) + uint32(now>>6)
+}
 
 // setEvents registers the socket for what the connection waits for now.
 // Established sockets are edge-triggered: data the guest's window cannot
@@ -320,7 +337,7 @@ func (e *Engine) connEvent(r evloop.Ref, ev uint32) {
 	}
 	if ev&unix.EPOLLOUT != 0 && c.wantOut {
 		c.wantOut = false
-		e.sendAck(e.lw, f, c, true)
+		e.windowUpdate(e.lw, f, c, true)
 	}
 	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLRDHUP) != 0 {
 		if !e.toGuest(r.Index, f, c, now, ev&(unix.EPOLLHUP|unix.EPOLLRDHUP) != 0) {
@@ -434,10 +451,10 @@ func (e *Engine) tick(now int64) {
 			// guest for its window again.
 			e.sendSeg(e.lw, f, c, c.sndNxt-1, flagACK)
 		}
-		if c.rcvWnd == 0 && !c.guestFIN {
+		if (c.rcvWnd == 0 || c.lost) && !c.guestFIN {
 			// The window update may have been lost, or EPOLLOUT
 			// said nothing: send it again.
-			e.sendAck(e.lw, f, c, false)
+			e.windowUpdate(e.lw, f, c, false)
 		}
 	})
 	e.lw.out.Flush()

@@ -1103,3 +1103,157 @@ func TestOutOfOrder(t *testing.T) {
 		h.checkDrops(nil)
 	})
 }
+
+// TestBeyondWindow: segments the guest sent beyond the window we last
+// advertised (a window that shrank while they were on their way) are
+// taken when the host socket has room for them, not dropped: in one
+// batch, the guest sends four times the window; every byte reaches the
+// server, and one ACK acknowledges it all.
+func TestBeyondWindow(t *testing.T) {
+	families(t, func(t *testing.T, v6 bool) {
+		h, c, srv := established(t, v6, 40011)
+		_, fd := h.hostSide(c)
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20); err != nil {
+			t.Fatal(err)
+		}
+		idx := h.flowIndex(c)
+		h.e.tab.Mu.Lock()
+		wnd := h.e.conns[idx].rcvWnd
+		h.e.tab.Mu.Unlock()
+		up := pattern(int(wnd)*4, 9)
+		var batch []*packet.Parsed
+		for off := 0; off < len(up); off += c.maxSeg {
+			batch = append(batch, c.frame(c.tcp(flagACK, c.seq+uint32(off)), up[off:min(off+c.maxSeg, len(up))]))
+		}
+		c.send(batch...)
+		c.seq += uint32(len(up))
+		c.expectAck("one ACK of all four windows")
+		readFull(t, srv, up)
+	})
+}
+
+// TestPartialSend: when the host socket takes only part of what the
+// guest sent, the rest is not acknowledged, and once the socket has room
+// again the window update comes with three duplicate ACKs, so that the
+// guest retransmits at once instead of after its timeout.
+func TestPartialSend(t *testing.T) {
+	families(t, func(t *testing.T, v6 bool) {
+		h, c, srv := established(t, v6, 40012)
+		// The server reads nothing yet: fill its receive queue and our
+		// send buffer with far more than they hold. Both buffers are
+		// fixed, so that the kernel makes no room on its own.
+		if err := srv.SetReadBuffer(32 << 10); err != nil {
+			t.Fatal(err)
+		}
+		_, fd := h.hostSide(c)
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 64<<10); err != nil {
+			t.Fatal(err)
+		}
+		up := pattern(2<<20, 10)
+		sent := 0
+		for sent < len(up) {
+			var batch []*packet.Parsed
+			for off := sent; off < len(up) && len(batch) < 64; off += c.maxSeg {
+				batch = append(batch, c.frame(c.tcp(flagACK, c.seq+uint32(off-sent)), up[off:min(off+c.maxSeg, len(up))]))
+			}
+			c.send(batch...)
+			var acked uint32
+			for s := h.next(50 * time.Millisecond); s != nil; s = h.next(20 * time.Millisecond) {
+				if a := s.ack - c.seq; a > acked && a <= uint32(len(up)) {
+					acked = a
+				}
+			}
+			if acked == 0 {
+				break // the socket took nothing more
+			}
+			sent += int(acked)
+			c.seq += acked
+		}
+		if sent >= len(up) {
+			t.Fatalf("the host socket took all %d bytes: nothing to test", sent)
+		}
+		// The server reads: the socket drains, the window reopens with
+		// an update and three duplicates of it.
+		got := make([]byte, sent)
+		if _, err := io.ReadFull(srv, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, up[:sent]) {
+			t.Fatal("data changed")
+		}
+		var acks []*rxSeg
+		for s := h.next(1500 * time.Millisecond); s != nil && len(acks) < 8; s = h.next(50 * time.Millisecond) {
+			acks = append(acks, s)
+		}
+		if len(acks) < 4 {
+			t.Fatalf("%d segments after the socket drained, want a window update and 3 duplicates: %v", len(acks), acks)
+		}
+		for _, s := range acks[:4] {
+			if s.flags != flagACK || s.ack != c.seq || s.wnd == 0 || s.wnd != acks[0].wnd || len(s.payload) != 0 {
+				t.Fatalf("%v among %v, want 4 equal ACKs of %d with an open window", s, acks, c.seq)
+			}
+		}
+	})
+}
+
+// flowIndex is the index of c's flow.
+func (h *harness) flowIndex(c *guestConn) int32 {
+	h.e.tab.Mu.Lock()
+	defer h.e.tab.Mu.Unlock()
+	ref, ok := h.e.tab.Lookup(flow.Key{Type: flow.TypeTCP, PIF: flow.PIFTap, EAddr: c.guest, EPort: c.gport, FAddr: c.gw, FPort: c.port})
+	if !ok {
+		h.t.Fatal("no flow")
+	}
+	return ref.Index
+}
+
+// TestListenerTimeWait: a guest that still holds an older connection of
+// the same addresses and ports in TIME-WAIT answers our SYN with an ACK
+// of that connection: it gets a RST at the sequence number it
+// acknowledged (RFC 9293 3.10.7.3), with no ACK, and our next SYN opens
+// the connection. Initial sequence numbers of the same four-tuple grow
+// with time (RFC 6528), those of others do not follow them.
+func TestListenerTimeWait(t *testing.T) {
+	families(t, func(t *testing.T, v6 bool) {
+		h := newHarness(t, nil)
+		cl, c, syn := h.forward(v6, 2222, 22)
+		oldAck := syn.seq - 100000
+		ack := c.tcp(flagACK, 5000)
+		ack.Ack = oldAck
+		c.send(c.frame(ack, nil))
+		rst := c.expect("RST for the old connection's ACK", flagRST)
+		if rst.seq != oldAck {
+			t.Fatalf("RST %v, want seq %d", rst, oldAck)
+		}
+		again := c.expect("SYN again", flagSYN)
+		if again.seq != syn.seq {
+			t.Fatalf("SYN again %v, want seq %d", again, syn.seq)
+		}
+		sa := c.tcp(flagSYN|flagACK, guestISN)
+		sa.Ack = syn.seq + 1
+		sa.Options = synOptions()
+		c.send(c.frame(sa, nil))
+		c.seq, c.ack = guestISN+1, syn.seq+1
+		c.expectAck("ACK of the guest's SYN-ACK")
+		c.write("data", []byte("after TIME-WAIT"))
+		readFull(t, cl, []byte("after TIME-WAIT"))
+	})
+}
+
+// TestISN: initial sequence numbers (RFC 6528) of one four-tuple move
+// forward with the clock, by about one every 64 ns; another four-tuple's
+// are unrelated.
+func TestISN(t *testing.T) {
+	h := newHarness(t, nil)
+	s := flow.Side{EAddr: netip.MustParseAddr("192.0.2.2"), EPort: 40000, FAddr: netip.MustParseAddr("192.0.2.1"), FPort: 22}
+	a := h.e.isn(&s, 1e9)
+	b := h.e.isn(&s, 2e9)
+	if d := b - a; d != uint32(2e9>>6)-uint32(1e9>>6) {
+		t.Errorf("ISN after 1 s moved by %d, want %d", d, uint32(2e9>>6)-uint32(1e9>>6))
+	}
+	o := s
+	o.EPort++
+	if d := h.e.isn(&o, 1e9) - a; d < 1<<16 || d > ^uint32(0)-1<<16 {
+		t.Errorf("ISNs of two four-tuples %d apart", d)
+	}
+}

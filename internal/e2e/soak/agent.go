@@ -126,7 +126,10 @@ type serverStats struct {
 type injectStats struct {
 	Malformed map[string]uint64 `json:"malformed"`
 	Fragments uint64            `json:"fragments"` // first fragments of datagrams never completed
-	Errors    uint64            `json:"errors"`
+	// TCP counts the bad TCP segments by the drop counter gopasst must
+	// count them under ("drop REASON").
+	TCP    map[string]uint64 `json:"tcp,omitempty"`
+	Errors uint64            `json:"errors"`
 	// TapTxDropped is how many frames the namespace's kernel dropped on
 	// the tap while the injector ran (its queue full): injected frames
 	// may be among them.
@@ -141,6 +144,11 @@ type summary struct {
 	Inject  *injectStats   `json:"inject,omitempty"`
 	// Corrupted holds a few corrupt datagrams, hex, for the report.
 	Corrupted []string `json:"corrupted,omitempty"`
+
+	TCPPaths   []*tcpPathStats   `json:"tcp_paths,omitempty"`
+	TCPServers []*tcpServerStats `json:"tcp_servers,omitempty"`
+	// TCPFailures describes the first few TCP connections that failed.
+	TCPFailures []string `json:"tcp_failures,omitempty"`
 }
 
 const summaryTag = "soak-summary "
@@ -155,9 +163,11 @@ type agent struct {
 	wait        time.Duration
 	injectEvery time.Duration
 	seed        uint64
+	udp, tcp    bool
 
-	mu        sync.Mutex
-	corrupted []string
+	mu          sync.Mutex
+	corrupted   []string
+	tcpFailures []string
 }
 
 // agentMain runs an agent (the hidden "agent" subcommand) and returns its
@@ -173,7 +183,13 @@ func agentMain(args []string) int {
 	fs.DurationVar(&a.wait, "wait", time.Second, "how long to wait for an echo")
 	fs.DurationVar(&a.injectEvery, "inject-every", 100*time.Millisecond, "interval between bursts of malformed frames")
 	fs.Uint64Var(&a.seed, "seed", 1, "random seed")
+	proto := fs.String("proto", "udp", "protocols of the load: udp, tcp or udp,tcp")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var err error
+	if a.udp, a.tcp, err = parseProto(*proto); err != nil {
+		fmt.Fprintln(os.Stderr, "soak agent:", err)
 		return 2
 	}
 	if _, ok := rolePaths[a.role]; !ok || a.ctl == "" {
@@ -214,7 +230,27 @@ func (a *agent) run() (*summary, error) {
 	sum := &summary{Role: a.role}
 	var conns []*net.UDPConn
 	var servers sync.WaitGroup
+	var listeners []*net.TCPListener
+	var handlers sync.WaitGroup
+	if a.tcp {
+		if err := setPortRange(a.role); err != nil {
+			return nil, fmt.Errorf("ephemeral port range: %w", err)
+		}
+		for _, addr := range roleTCPServers[a.role] {
+			l, err := listenTCP(addr)
+			if err != nil {
+				return nil, err
+			}
+			listeners = append(listeners, l)
+			st := &tcpServerStats{Addr: addr.String()}
+			sum.TCPServers = append(sum.TCPServers, st)
+			servers.Go(func() { a.acceptTCP(l, st, &handlers) })
+		}
+	}
 	for _, addr := range roleServers[a.role] {
+		if !a.udp {
+			break
+		}
 		c, err := listen(addr)
 		if err != nil {
 			return nil, err
@@ -233,6 +269,9 @@ func (a *agent) run() (*summary, error) {
 		n := len(rp.paths) * a.workers
 		span := rp.portsCount / n
 		for i, p := range rp.paths {
+			if !a.udp {
+				break
+			}
 			st := &pathStats{Name: p.name}
 			sum.Paths = append(sum.Paths, st)
 			for w := 0; w < a.workers; w++ {
@@ -243,8 +282,26 @@ func (a *agent) run() (*summary, error) {
 				load.Go(c.run)
 			}
 		}
+		for i, p := range roleTCPPaths[a.role] {
+			if !a.tcp {
+				break
+			}
+			st := &tcpPathStats{Name: p.name}
+			sum.TCPPaths = append(sum.TCPPaths, st)
+			for w := 0; w < a.workers; w++ {
+				k := uint64(i*a.workers + w)
+				c := &tcpClient{a: a, p: p, st: st, stop: &stop, id: roleIDs[a.role]<<56 | 1<<55 | k<<40,
+					rng:  rand.New(rand.NewPCG(a.seed, k<<8|roleIDs[a.role]|1<<7)),
+					wrng: rand.New(rand.NewPCG(a.seed, k<<8|roleIDs[a.role]|1<<6))}
+				if p.bind {
+					c.portCount = tcpPortsEach
+					c.portFrom = tcpPortsFrom + int(k)*tcpPortsEach
+				}
+				load.Go(c.run)
+			}
+		}
 		if a.role == "ns" && a.tap != "" {
-			inj, err := newInjector(a.tap, a.seed)
+			inj, err := newInjector(a.tap, a.seed, a.tcp)
 			if err != nil {
 				return nil, err
 			}
@@ -259,9 +316,14 @@ func (a *agent) run() (*summary, error) {
 	for _, c := range conns {
 		c.Close()
 	}
+	for _, l := range listeners {
+		l.Close()
+	}
 	servers.Wait()
+	handlers.Wait()
 	a.mu.Lock()
 	sum.Corrupted = a.corrupted
+	sum.TCPFailures = a.tcpFailures
 	a.mu.Unlock()
 	return sum, nil
 }
@@ -504,10 +566,11 @@ type injector struct {
 	mac     net.HardwareAddr
 	rng     *rand.Rand
 	dropped func() uint64
+	tcp     bool // inject bad TCP segments too
 	st      injectStats
 }
 
-func newInjector(ifname string, seed uint64) (*injector, error) {
+func newInjector(ifname string, seed uint64, tcp bool) (*injector, error) {
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return nil, err
@@ -532,8 +595,8 @@ func newInjector(ifname string, seed uint64) (*injector, error) {
 		return 0
 	}
 	return &injector{fd: fd, sa: unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}, mac: ifi.HardwareAddr,
-		rng: rand.New(rand.NewPCG(seed, 0x1417)), dropped: dropped,
-		st: injectStats{Malformed: map[string]uint64{}}}, nil
+		rng: rand.New(rand.NewPCG(seed, 0x1417)), dropped: dropped, tcp: tcp,
+		st: injectStats{Malformed: map[string]uint64{}, TCP: map[string]uint64{}}}, nil
 }
 
 // run injects a burst every interval until stop, then closes the socket.
@@ -549,6 +612,14 @@ func (in *injector) run(stop *atomic.Bool, every time.Duration) {
 				continue
 			}
 			in.st.Malformed[reason]++
+		}
+		for i := 0; in.tcp && i < 2; i++ {
+			reason, frame := malformedTCPFrame(in.rng, in.mac)
+			if unix.Sendto(in.fd, frame, 0, &in.sa) != nil {
+				in.st.Errors++
+				continue
+			}
+			in.st.TCP[reason]++
 		}
 		// A few fragments that never complete: they hold reassembly
 		// slots until the reassembler's timeout, so too many would

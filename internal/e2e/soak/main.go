@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gopasst/gopasst/internal/e2e/sandbox"
@@ -24,9 +25,12 @@ type options struct {
 	warmup     time.Duration
 	udpTimeout int
 	mtu        int
+	udp, tcp   bool // the protocols of the load
 	workers    int
 	pause      time.Duration
 	gopasst    string
+	extraArgs  []string // more gopasst options (-gopasst-args)
+	logFile    string   // where to keep gopasst's standard error (-log)
 	race       bool
 	seed       uint64
 	maxLoss    float64
@@ -42,7 +46,7 @@ type options struct {
 // defaults are the options of a run without flags.
 func defaults() options {
 	return options{duration: 10 * time.Minute, interval: 5 * time.Second, udpTimeout: 2, mtu: 1500,
-		workers: 1, pause: 10 * time.Millisecond, seed: 1, maxLoss: 0.02,
+		udp: true, tcp: true, workers: 1, pause: 10 * time.Millisecond, seed: 1, maxLoss: 0.02,
 		rssSlack: 0.10, rssSlackMiB: 4, fdSlack: 16, threadSlack: 2, gorSlack: 2}
 }
 
@@ -55,15 +59,33 @@ func main() {
 	flag.DurationVar(&o.interval, "interval", o.interval, "time between samples")
 	flag.DurationVar(&o.warmup, "warmup", 0, "samples before this are not compared (default: a tenth of -duration, at least one -interval)")
 	flag.IntVar(&o.udpTimeout, "udp-timeout", o.udpTimeout, "gopasst's --udp-timeout, seconds")
-	flag.IntVar(&o.mtu, "mtu", o.mtu, "the namespace's MTU (gopasst -m); 0 keeps gopasst's default (65520)")
-	flag.IntVar(&o.workers, "workers", o.workers, "concurrent flows per path (12 paths)")
+	mtus := flag.String("mtu", strconv.Itoa(o.mtu), "the namespace's MTU (gopasst -m); 0 keeps gopasst's default (65520); a comma-separated list runs one gopasst per MTU at once, each in its own sandbox")
+	proto := flag.String("proto", "udp,tcp", "protocols of the load: udp, tcp or udp,tcp")
+	flag.IntVar(&o.workers, "workers", o.workers, "concurrent flows or connections per path (12 paths per protocol)")
 	flag.DurationVar(&o.pause, "pause", o.pause, "mean pause between the flows of a worker")
 	flag.StringVar(&o.gopasst, "gopasst", "", "gopasst binary (default: build ./cmd/gopasst)")
 	flag.BoolVar(&o.race, "race", false, "build gopasst with the race detector")
+	extra := flag.String("gopasst-args", "", "more gopasst options, separated by spaces (say \"-d\" with -log)")
+	flag.StringVar(&o.logFile, "log", "", "write gopasst's standard error to this file (with -mtu lists, FILE.MTU)")
 	flag.Uint64Var(&o.seed, "seed", o.seed, "random seed")
 	flag.Float64Var(&o.maxLoss, "max-loss", o.maxLoss, "largest fraction of datagrams a path may lose")
 	flag.Parse()
-	err := run(o, os.Stdout)
+	o.extraArgs = strings.Fields(*extra)
+	var list []int
+	for _, m := range strings.Split(*mtus, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(m))
+		if err != nil || n < 0 {
+			fmt.Fprintf(os.Stderr, "soak: bad -mtu %q\n", *mtus)
+			os.Exit(2)
+		}
+		list = append(list, n)
+	}
+	var err error
+	if o.udp, o.tcp, err = parseProto(*proto); err != nil {
+		fmt.Fprintln(os.Stderr, "soak:", err)
+		os.Exit(2)
+	}
+	err = runMTUs(o, list, os.Stdout)
 	if errors.Is(err, sandbox.ErrUnavailable) {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		os.Exit(2)
@@ -77,6 +99,88 @@ func main() {
 
 // gopasstPackage is built when no -gopasst binary is given.
 const gopasstPackage = "github.com/gopasst/gopasst/cmd/gopasst"
+
+// parseProto reads a -proto value.
+func parseProto(s string) (udp, tcp bool, err error) {
+	for _, p := range strings.Split(s, ",") {
+		switch strings.TrimSpace(p) {
+		case "udp":
+			udp = true
+		case "tcp":
+			tcp = true
+		default:
+			return false, false, fmt.Errorf("bad protocol %q in %q (udp, tcp or udp,tcp)", p, s)
+		}
+	}
+	return udp, tcp, nil
+}
+
+// protoString is the -proto value of o.
+func (o *options) protoString() string {
+	switch {
+	case o.udp && o.tcp:
+		return "udp,tcp"
+	case o.tcp:
+		return "tcp"
+	}
+	return "udp"
+}
+
+// buildGopasst builds gopasst into dir.
+func buildGopasst(dir string, race bool) (string, error) {
+	bin := filepath.Join(dir, "gopasst")
+	args := []string{"build", "-o", bin}
+	if race {
+		args = append(args, "-race")
+	}
+	if out, err := exec.Command("go", append(args, gopasstPackage)...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %v\n%s", gopasstPackage, err, out)
+	}
+	return bin, nil
+}
+
+// runMTUs runs one soak per MTU, all at once, each with its own gopasst
+// in its own sandbox, and writes their reports to w one after the other.
+func runMTUs(o options, mtus []int, w io.Writer) error {
+	if len(mtus) == 1 {
+		o.mtu = mtus[0]
+		return run(o, w)
+	}
+	if o.gopasst == "" {
+		dir, err := os.MkdirTemp("", "gopasst-soak-bin-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		if o.gopasst, err = buildGopasst(dir, o.race); err != nil {
+			return err
+		}
+	}
+	outs := make([]strings.Builder, len(mtus))
+	errs := make([]error, len(mtus))
+	var wg sync.WaitGroup
+	for i, m := range mtus {
+		oi := o
+		oi.mtu = m
+		oi.seed = o.seed + uint64(i) // not the same mix everywhere
+		if o.logFile != "" {
+			oi.logFile = fmt.Sprintf("%s.%d", o.logFile, m)
+		}
+		wg.Go(func() { errs[i] = run(oi, &outs[i]) })
+	}
+	wg.Wait()
+	var all []error
+	for i, m := range mtus {
+		fmt.Fprintf(w, "=== MTU %d ===\n%s\n", m, outs[i].String())
+		if errs[i] != nil {
+			if errors.Is(errs[i], sandbox.ErrUnavailable) {
+				return errs[i]
+			}
+			all = append(all, fmt.Errorf("MTU %d: %w", m, errs[i]))
+		}
+	}
+	return errors.Join(all...)
+}
 
 // run runs one soak and writes its report to w. It returns an error
 // listing every violated check.
@@ -98,13 +202,8 @@ func run(o options, w io.Writer) error {
 	}
 	bin := o.gopasst
 	if bin == "" {
-		bin = filepath.Join(dir, "gopasst")
-		args := []string{"build", "-o", bin}
-		if o.race {
-			args = append(args, "-race")
-		}
-		if out, err := exec.Command("go", append(args, gopasstPackage)...).CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %v\n%s", gopasstPackage, err, out)
+		if bin, err = buildGopasst(dir, o.race); err != nil {
+			return err
 		}
 	}
 	sb, err := sandbox.Create()
@@ -121,7 +220,7 @@ func run(o options, w io.Writer) error {
 	}
 	agentArgs := func(role string) []string {
 		return []string{"agent", "-role", role, "-ctl", dir, "-workers", strconv.Itoa(o.workers),
-			"-pause", o.pause.String(), "-seed", strconv.FormatUint(o.seed, 10)}
+			"-pause", o.pause.String(), "-seed", strconv.FormatUint(o.seed, 10), "-proto", o.protoString()}
 	}
 	world, err := sb.Spawn(sb.WorldNS, self, agentArgs("world")...)
 	if err != nil {
@@ -137,11 +236,21 @@ func run(o options, w io.Writer) error {
 		}
 	}
 	pidFile := filepath.Join(dir, "gopasst.pid")
-	args := []string{"pasta", "--config-net", "-P", pidFile, "--udp-timeout", strconv.Itoa(o.udpTimeout),
-		"-u", strconv.Itoa(nsEchoPort), "-U", strconv.Itoa(hostEchoPort)}
+	args := []string{"pasta", "--config-net", "-P", pidFile, "--udp-timeout", strconv.Itoa(o.udpTimeout)}
+	if o.udp {
+		args = append(args, "-u", strconv.Itoa(nsEchoPort), "-U", strconv.Itoa(hostEchoPort))
+	} else {
+		args = append(args, "-u", "none", "-U", "none")
+	}
+	if o.tcp {
+		args = append(args, "-t", strconv.Itoa(tcpNSPort), "-T", strconv.Itoa(tcpHostPort))
+	} else {
+		args = append(args, "-t", "none", "-T", "none")
+	}
 	if o.mtu > 0 {
 		args = append(args, "-m", strconv.Itoa(o.mtu))
 	}
+	args = append(args, o.extraArgs...)
 	args = append(append(append(args, "--", self), agentArgs("ns")...), "-tap", sandbox.IfName)
 	gp, err := sb.Spawn(sb.HostNS, bin, args...)
 	if err != nil {
@@ -154,7 +263,7 @@ func run(o options, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "gopasst %s -- [namespace agent] (pid %d)\n", strings.Join(args[:len(args)-len(agentArgs("ns"))-4], " "), pid)
+	fmt.Fprintf(w, "gopasst %s -- [namespace agent] (pid %d; seed %d)\n", strings.Join(args[:len(args)-len(agentArgs("ns"))-4], " "), pid, o.seed)
 	m := &monitor{pid: pid, proc: gp}
 
 	// Baseline: the idle process, once its descriptors settled.
@@ -198,8 +307,13 @@ func run(o options, w io.Writer) error {
 	}
 	// Every flow expires: clients finish their last flow (at most four
 	// echo waits), then the flow timeout passes and the once-a-second
-	// expiry runs.
-	drain := time.Now().Add(4*time.Second + time.Duration(o.udpTimeout)*time.Second + 10*time.Second)
+	// expiry runs. TCP clients finish their last connection (within
+	// tcpDeadline), and gopasst frees each once both sides closed.
+	grace := 4*time.Second + time.Duration(o.udpTimeout)*time.Second + 10*time.Second
+	if o.tcp {
+		grace = max(grace, tcpDeadline+10*time.Second)
+	}
+	drain := time.Now().Add(grace)
 	var final sample
 	for {
 		time.Sleep(500 * time.Millisecond)
@@ -208,11 +322,11 @@ func run(o options, w io.Writer) error {
 			return err
 		}
 		final = s
-		if s.c("udp flows active") == 0 && s.FDs == base.FDs || time.Now().After(drain) {
+		if s.c("udp flows active") == 0 && s.c("tcp connections active") == 0 && s.FDs == base.FDs || time.Now().After(drain) {
 			break
 		}
 	}
-	fmt.Fprintln(w, "after the load, once the flow timeout passed:")
+	fmt.Fprintf(w, "after the load, once every flow expired and every connection closed (%v):\n", (time.Since(start) - o.duration).Round(100*time.Millisecond))
 	final.row(w, &prev)
 
 	if err := ctl(stateExit); err != nil {
@@ -231,6 +345,11 @@ func run(o options, w io.Writer) error {
 		sums = append(sums, s)
 	}
 	code, werr := gp.Wait(20 * time.Second)
+	if o.logFile != "" {
+		if err := os.WriteFile(o.logFile, []byte(gp.Stderr()), 0o644); err != nil {
+			return err
+		}
+	}
 
 	r := &report{o: o, base: base, load: load, final: final, sums: sums, exit: code, exitErr: werr, stderr: gp.Stderr()}
 	r.evaluate()

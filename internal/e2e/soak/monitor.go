@@ -52,11 +52,13 @@ func (m *monitor) take(at time.Duration) (sample, error) {
 	return s, err
 }
 
-// tableHeader and row print samples as a table.
+// tableHeader and row print samples as a table: UDP flows and datagrams,
+// TCP connections (active, spliced, opened, closed) and MiB (to the host,
+// to the tap, socket to socket).
 func tableHeader(w io.Writer) {
-	fmt.Fprintf(w, "%8s %5s %6s %7s %8s %5s %6s %6s %9s %9s %10s %10s %10s %9s %8s\n",
+	fmt.Fprintf(w, "%8s %5s %6s %7s %8s %5s %6s %6s %9s %9s %10s %10s %10s %5s %5s %8s %8s %7s %7s %7s %9s %8s\n",
 		"t", "cpu%", "fds", "threads", "rss-MiB", "gor", "flows", "splice", "created", "expired",
-		"to-host", "to-tap", "spliced", "malformed", "drops")
+		"to-host", "to-tap", "spliced", "conns", "tcp-s", "opened", "closed", "MiB-h", "MiB-t", "MiB-s", "malformed", "drops")
 }
 
 // row prints s; prev is the sample before (for the CPU use in between).
@@ -71,9 +73,12 @@ func (s *sample) row(w io.Writer, prev *sample) {
 			drops += v
 		}
 	}
-	fmt.Fprintf(w, "%8s %5.0f %6d %7d %8.1f %5d %6d %6d %9d %9d %10d %10d %10d %9d %8d\n",
+	mib := func(k string) float64 { return float64(s.c(k)) / (1 << 20) }
+	fmt.Fprintf(w, "%8s %5.0f %6d %7d %8.1f %5d %6d %6d %9d %9d %10d %10d %10d %5d %5d %8d %8d %7.0f %7.0f %7.0f %9d %8d\n",
 		s.At.Round(time.Second), cpu, s.FDs, s.Threads, float64(s.RSSKiB)/1024, s.c("goroutines"),
 		s.c("udp flows active"), s.c("udp flows active (splice)"), s.c("udp flows created"), s.c("udp flows expired"),
 		s.c("udp datagrams to host"), s.c("udp datagrams to tap"), s.c("udp datagrams socket to socket"),
+		s.c("tcp connections active"), s.c("tcp connections active (splice)"), s.c("tcp connections created"), s.c("tcp connections closed"),
+		mib("tcp bytes to host"), mib("tcp bytes to tap"), mib("tcp bytes socket to socket"),
 		s.c("drop malformed"), drops)
 }

@@ -147,6 +147,19 @@ func (e *Engine) forwarder(f fwd.Forward) (fwd.Forwarder, error) {
 	return fw, nil
 }
 
+// GuestGone tells the protocols that the guest left (in passt mode, its
+// connection to the qemu socket closed): one that keeps state only the
+// guest can move on (TCP's connections through the tap) drops it, so
+// that host peers are not left waiting. A handler takes part with a
+// method GuestGone(). It runs on the tap reader's goroutine.
+func (e *Engine) GuestGone() {
+	for _, p := range e.protos {
+		if g, ok := p.h.(interface{ GuestGone() }); ok {
+			g.GuestGone()
+		}
+	}
+}
+
 // OwnInodes returns the inode numbers of the sockets the protocols hold
 // (see udp.Engine.OwnInodes), which "auto" forwarding leaves alone.
 func (e *Engine) OwnInodes() map[uint64]bool {

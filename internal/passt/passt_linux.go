@@ -74,6 +74,7 @@ func run(cfg *conf.Config, sb *sandbox.Sandbox, protos []engine.Protocol) error 
 			log.Infof("guest disconnected")
 			if eng != nil {
 				eng.Guest.ForgetMAC()
+				eng.GuestGone()
 			}
 		},
 	})

@@ -460,6 +460,24 @@ func (e *Engine) tick(now int64) {
 	e.lw.out.Flush()
 }
 
+// GuestGone resets every connection through the tap: the guest that had
+// them left (passt: its qemu socket connection closed), so nothing will
+// acknowledge or answer on them again. Each host peer sees a reset at
+// once rather than after the retransmission timeouts or the idle timeout;
+// spliced connections do not involve the guest and carry on.
+func (e *Engine) GuestGone() {
+	e.tab.Mu.Lock()
+	defer e.tab.Mu.Unlock()
+	n := 0
+	e.tab.EachOf(flow.TypeTCP, func(idx int32, f *flow.Flow) {
+		e.free(idx, f, e.conns[idx], true)
+		n++
+	})
+	if n > 0 {
+		log.Infof("TCP: the guest left: %d connections reset", n)
+	}
+}
+
 // backoff counts one more retry, doubling the retransmission timeout,
 // and reports false, changing nothing, when max retries were made.
 func (c *conn) backoff(now int64, max int) bool {

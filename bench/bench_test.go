@@ -17,7 +17,8 @@ import (
 // (the other direction uses the same tools and would make the test take
 // over 30 s), and a TCP stream through the tap, host to namespace (a -t
 // port). It checks that every translator that runs a scenario
-// (gopasst --no-offload too, in the tap goodput scenarios) moved data
+// (gopasst --no-offload too, in the tap goodput scenarios, and the veth
+// baseline in the TCP one) moved data
 // intact on the path meant, never how fast: data that moved while the
 // machine was too busy to let it move in the short measured part counts.
 func TestQuick(t *testing.T) {
@@ -64,6 +65,7 @@ func TestQuick(t *testing.T) {
 		"goodput/tap-ns-host/ipv4/1372 gopasst", "goodput/tap-ns-host/ipv4/1372 pasta", "goodput/tap-ns-host/ipv4/1372 " + noOffload,
 		"goodput/splice-host-ns/ipv6/1372 gopasst", "goodput/splice-host-ns/ipv6/1372 pasta",
 		"tcp/tap-host-ns/ipv4/goodput gopasst", "tcp/tap-host-ns/ipv4/goodput pasta", "tcp/tap-host-ns/ipv4/goodput " + noOffload,
+		"tcp/tap-host-ns/ipv4/goodput " + kernelVeth,
 	}
 	for _, tr := range []string{"gopasst", "pasta", noOffload} {
 		want = append(want, "goodput-gso/tap-host-ns/ipv4/1372 "+tr)

@@ -30,6 +30,18 @@
 // give, and that senders which do not segment lose nothing with them on.
 // -no-offload=false leaves it out.
 //
+// Two kernel baselines run as "translators" that are no program (see
+// veth.go): "veth", a veth pair from the sandbox's host namespace into
+// the namespace, no translator, kernel routing, with the MTU the
+// translators give the namespace (65520, or 1500 in the -mtu1500
+// scenarios), in the TCP tap scenarios and the ping ones; "loopback",
+// both ends in the namespace over its loopback, in the TCP splice
+// scenarios (the translators join two loopback sockets there). The
+// namespace is held by the user as for the translators; the load tools
+// and their options are the same but for the addresses (see Paths).
+// They show what the kernel does on the same machine in the same run;
+// -veth=false leaves them out.
+//
 // A trial starts measuring only when the namespace has its routes and a
 // usable IPv6 address, both ends of the forwarded ports are bound, and the
 // namespace has resolved its gateways (ARP, NDP). Duplicate address
@@ -46,8 +58,11 @@
 // kernel reports and checking every segment as a datagram of its own), an
 // echo server, a request/response client and a many-flows sender; for
 // TCP, a stream sender, a verifying stream sink, an echo server, a
-// request/response client, and a connecting client with a server that
-// accepts and closes (see tcpTools). Tools on the host side
+// request/response client, a connecting client with a server that
+// accepts and closes, and a client that opens many connections with a
+// server that answers and keeps them (see tcpTools); a stream sender
+// over several connections at once; a pinger (ICMP echo requests from an
+// unprivileged ping socket, see runPing). Tools on the host side
 // run in the sandbox's host namespace; tools on the guest side run in the
 // translator's namespace under nsenter(1), as root. Every destination is a
 // loopback address or one of the sandbox's documentation addresses
@@ -75,6 +90,29 @@
 // namespace, IPv4 and IPv6 (the reference listens on the host with one
 // dual-stack socket).
 //
+// Ping takes the tap ns→host path: the namespace sends echo requests to
+// its gateway, which both translators map to the host's loopback (the
+// reference of 2023 does not: it sends them on to the gateway address,
+// the sandbox's world namespace, which answers; its ping trials fail the
+// path check). The translators answer them from ping sockets on the
+// host, which need the user's group in net.ipv4.ping_group_range: the
+// bench sets it in the sandbox's host namespace for the run and restores
+// it at the end (a new namespace has "1 0"); the pinger, root in the
+// namespace, has the trial's namespace opened to group 0.
+//
+// The kernel baselines take the same paths with other addresses. Over
+// the veth pair (192.0.2.129/30 and 2001:db8:2::1/64 at the host's end,
+// 192.0.2.130 and 2001:db8:2::2 at the namespace's) the namespace
+// connects (and pings) to the host end's address, where the server
+// listens, in place of the gateway and the host's loopback; the host
+// connects to the namespace end's address in place of its own. The
+// IPv4 /30 lies inside the host's 192.0.2.0/24 and is routed to the pair
+// as the more specific prefix. Over the loopback, both ends run in the
+// namespace, at the translators' loopback addresses and ports. The path
+// checks read the namespace's end of the veth pair as they read the tap
+// device (the loopback baseline, with no other device, passes the
+// splice check).
+//
 // Every trial checks that the traffic took the path it was meant to: the
 // namespace's tap device must have carried at least (nearly) as many
 // bytes as reached the receiver on the tap paths, and under 1% of that on
@@ -87,7 +125,8 @@
 // almost no payload, check the tap bytes against the least the tap must
 // carry if the path is right: two segments of 54 bytes (Ethernet, IPv4
 // and TCP headers) per transaction, four (SYN, SYN-ACK and two FINs) per
-// connection, warm-up included.
+// connection, warm-up included; for the many-connections trials, six per
+// connection (the request and the answer too) and their payload.
 //
 // # Measurements
 //
@@ -132,7 +171,8 @@
 //     CPU time over -dur divided by the datagrams that arrived. Both
 //     translators open a host socket per flow; the open-file limit is
 //     raised for that (as far as the hard limit allows).
-//   - TCP goodput (tcp/PATH/FAMILY/goodput, four paths, IPv4 and IPv6):
+//   - TCP goodput (tcp/PATH/FAMILY/goodput, four paths, IPv4 and IPv6,
+//     and the tap paths again with MTU 1500, tcp/PATH-mtu1500/…):
 //     one connection; the sender writes a pseudo-random stream pattern
 //     (fixed seed, a period of 999,983 bytes) in writes of 256 KiB as
 //     fast as its socket takes them, for -warmup, then for -dur the sink
@@ -140,6 +180,9 @@
 //     in the stream (a connection whose stream goes wrong counts as bad,
 //     and fails the trial). Also the translator's CPU time per GB of it
 //     (milliseconds, measured as for UDP), and the peak RSS.
+//     tcp/PATH/ipv4/goodput-4conn, both tap paths: the same over four
+//     connections at once, each its own stream checked from its start;
+//     the sink must have accepted all four.
 //   - TCP request/response (tcp/PATH/FAMILY/rr, tap and splice, namespace
 //     to host): one connection with TCP_NODELAY at both ends, one byte to
 //     an echo server on the host and back at a time; transactions per
@@ -151,7 +194,47 @@
 //     connect, the server accepts and closes at once, the client reads the
 //     end of the stream (no data) and closes; connections per second over
 //     -rr-dur after 200 of warm-up. The server being the one that closes
-//     first keeps TIME_WAIT off the client's ports.
+//     first keeps TIME_WAIT off the client's ports. The same from the host
+//     to its own address on the -t port, the server in the namespace
+//     (tcp/tap-host-ns/ipv4/conn).
+//   - Ping (ping/tap-ns-host/FAMILY): one echo request of 56 bytes
+//     outstanding, from the namespace to its gateway through the tap; the
+//     mean and the 99th percentile of the round-trip time over -rr-dur,
+//     after 200 round trips of warm-up. A reply counts if its type,
+//     identifier (the ping socket's), sequence number and payload (a
+//     64-bit sequence number and a fixed pattern) are the request's; any
+//     other reply fails the trial, a request unanswered in 200 ms counts
+//     as lost. The path check also wants the host namespace's ICMP
+//     counters to show every echo request that was answered.
+//   - TCP connections held open (tcp/PATH/ipv4/conns-N, N 1,000 and
+//     10,000, through the tap both ways: the namespace to the gateway, a
+//     server on the host's loopback; the host to its own address on the
+//     -t port, a server in the namespace): N connections, 64 opening at a
+//     time, each sends a 16-byte request and checks the 32-byte answer
+//     (its SHA-256) byte for byte. Then, all open and idle, the
+//     translator's resident memory is read (VmRSS of its processes,
+//     summed; the largest of four readings over a second): rows for that
+//     RSS, the RSS over the idle one before the connections per
+//     connection, and the connections established. Then the server ends
+//     every connection (its FIN first), the client answers with its own
+//     (within 30 s: a burst of 10,000 FINs overflows the tap's queue,
+//     with either translator, and the retransmissions back off; the note
+//     gives the time and the tap drops), and within 5 s more the translator
+//     must let go of them: its descriptors
+//     back to where they were (within 256; the reference refills pools of
+//     spare sockets and pipes), and gopasst's own count of TCP
+//     connections (its counters, on SIGUSR1) back to 0. A wrong answer, an
+//     unclean end at either side, a translator that holds on or exits
+//     fails the trial; connections not established fail it for gopasst,
+//     and for the reference the row and the note say how far it got. The
+//     reference takes two descriptors per connection (a socket and a
+//     timerfd), so 10,000 need a hard open-file limit over 20,000; the
+//     bench raises it to 131,072 if it may (CAP_SYS_RESOURCE), and both
+//     translators raise their soft limit to the hard one. Short of that,
+//     Debian 12's pasta drops the SYNs it has no socket for (and leaves
+//     unanswered the connections to its -t port it cannot accept), and
+//     Debian 13's exits ("Namespace net is gone", status 0: it cannot open the
+//     namespace's file any more to see that it still exists).
 //   - Peak RSS: VmHWM of the translator's processes, summed (for gopasst
 //     its waiting parent too): idle, once started and the namespace has
 //     resolved its gateways (the reference touches most of its buffers
@@ -172,12 +255,21 @@
 // translator and the ratio gopasst/pasta (above 1 is better for gopasst
 // where the unit says ↑, worse where it says ↓); where gopasst
 // --no-offload ran, two more columns give its median and the ratio
-// gopasst/(gopasst --no-offload), offloads on over off. Per-trial details
+// gopasst/(gopasst --no-offload), offloads on over off; the same for the
+// second reference (-pasta2) and for the kernel baselines, gopasst/veth
+// and gopasst/loopback (in the TCP goodput rows a fraction of the kernel's,
+// the target being 0.5 through the tap). The baselines have no
+// translator, so no rows of its costs (CPU time per GB, RSS): "—" there.
+// Per-trial details
 // (what was sent, tap drops, CPU seconds, search steps) go to standard
 // error and, with -json, to a file.
 //
 // The default full run takes about 13 minutes on 2 cores (-dur is 1.5 s
 // since the segmenting scenarios and the --no-offload variant came in; it
 // was 2 s), plus about 1.5 minutes a repetition for the TCP scenarios
-// (-run tcp selects them; -run '^[^t]' leaves them out).
+// (-run tcp selects them; -run '^[^t]' leaves them out), and about 50 s
+// more for the many-connections ones among them (-run /conns- selects
+// them). The kernel baselines, the four-connection, host→ns connection
+// rate and ping scenarios add about 1.5 minutes a repetition
+// (-veth=false leaves out the baselines' part, about a minute).
 package main

@@ -60,6 +60,8 @@ type Counters struct {
 	// P50us and P99us are round-trip latency percentiles, microseconds.
 	P50us float64 `json:"p50us,omitempty"`
 	P99us float64 `json:"p99us,omitempty"`
+	// MeanUs is the mean round-trip time, microseconds (ping).
+	MeanUs float64 `json:"meanUs,omitempty"`
 }
 
 // stats are a load tool's live counters, read by the control loop.
@@ -112,6 +114,7 @@ type loadOpts struct {
 //	rr     -to ADDR:PORT -size N -dur D   one request outstanding
 //	flows  -to ADDR:PORT -size N -flows N -rate R   round robin over N sockets
 //	neigh  -to ADDR:PORT -to6 ADDR:PORT   resolve both gateways, then exit
+//	ping   -to ADDR:0 -size N -dur D   ICMP echo, one request outstanding (ping.go)
 //
 // and the TCP tools of tcp.go (see [tcpTools]).
 func loadMain(args []string) int {
@@ -166,6 +169,7 @@ func loadMain(args []string) int {
 	run := map[string]func(loadOpts, *control) (Counters, error){
 		"sink": runSink, "blast": runBlast, "gso": runGSO, "paced": runPaced,
 		"echo": runEcho, "rr": runRR, "flows": runFlows, "neigh": runNeigh,
+		"ping": runPing,
 	}[tool]
 	if run == nil {
 		run = tcpTools[tool]

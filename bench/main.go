@@ -64,6 +64,9 @@ type Options struct {
 	// NoOffload adds the variant "gopasst --no-offload" to the scenarios
 	// that ask for variants.
 	NoOffload bool
+	// Veth adds the kernel baselines (a veth pair, the loopback) to the
+	// scenarios that name one (see veth.go).
+	Veth bool
 }
 
 // Bench is one run of the benchmark.
@@ -102,6 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.User, "user", "gopasst-test", "unprivileged `user` that runs the translators (created if missing)")
 	fs.StringVar(&o.Pcap, "pcap", "", "capture the tap traffic of every trial into `dir` (slows the translators down)")
 	fs.BoolVar(&o.NoOffload, "no-offload", true, "also run \"gopasst --no-offload\" in the tap goodput scenarios")
+	fs.BoolVar(&o.Veth, "veth", true, "also run the kernel baselines, no translator: a veth pair on the TCP tap paths and for ping, the loopback on the TCP splice paths")
 	list := fs.Bool("list", false, "list the scenarios and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: bench [FLAGS]   (as root)\n\nRuns gopasst and the reference pasta side by side; see the package documentation.\n\n")
@@ -263,6 +267,9 @@ func (b *Bench) setup() (func(), error) {
 	if b.opt.NoOffload {
 		b.trs = append(b.trs, &Translator{Name: noOffload, Argv: []string{gp, "pasta", "--no-offload"}, Variant: true})
 	}
+	if b.opt.Veth {
+		b.trs = append(b.trs, &Translator{Name: kernelVeth, Kernel: true}, &Translator{Name: kernelLoopback, Kernel: true})
+	}
 	sb, err := sandbox.Create()
 	if err != nil {
 		return cleanup, err
@@ -286,6 +293,13 @@ func (b *Bench) setup() (func(), error) {
 		return cleanup, err
 	}
 	undo = append(undo, func() { b.probe.stop(syscall.SIGKILL, 0) })
+	// The translators answer the namespace's echo requests from ping
+	// sockets (the ping scenarios).
+	restore, err := b.openPingRange()
+	if err != nil {
+		return cleanup, err
+	}
+	undo = append(undo, restore)
 	return cleanup, nil
 }
 
@@ -314,11 +328,12 @@ func (b *Bench) lookupUser() error {
 }
 
 // translators returns the translators that run scenario s: gopasst and
-// the reference, and the variants if s asks for them.
+// the reference, the variants if s asks for them, and its kernel
+// baseline if it has one.
 func (b *Bench) translators(s Scenario) []*Translator {
 	var out []*Translator
 	for _, tr := range b.trs {
-		if !tr.Variant || s.Variants {
+		if tr.Kernel && tr.Name == s.Baseline || !tr.Kernel && (!tr.Variant || s.Variants) {
 			out = append(out, tr)
 		}
 	}
@@ -369,7 +384,13 @@ func (b *Bench) trial(ctx context.Context, s Scenario, tr *Translator, rep int) 
 		name := fmt.Sprintf("%s-%s-%d.pcap", strings.ReplaceAll(s.Name, "/", "_"), strings.ReplaceAll(tr.Name, " ", ""), rep+1)
 		extra = append(extra, "-p", filepath.Join(b.opt.Pcap, name))
 	}
-	in, err := b.startInstance(ctx, tr, s.TCP, extra...)
+	var in *Instance
+	var err error
+	if tr.Kernel {
+		in, err = b.startBaseline(ctx, tr, s)
+	} else {
+		in, err = b.startInstance(ctx, tr, s.TCP, extra...)
+	}
 	if err != nil {
 		t.Err = err.Error()
 		return t
@@ -383,6 +404,9 @@ func (b *Bench) trial(ctx context.Context, s Scenario, tr *Translator, rep int) 
 	if err := s.Run(ctx, b, in, &t); err != nil {
 		t.Err = err.Error()
 		t.Metrics = nil
+	}
+	if tr.Kernel {
+		t.dropCosts()
 	}
 	return t
 }

@@ -95,14 +95,16 @@ func ratio(a, b float64) string {
 
 // table returns the results as markdown: a header with the conditions,
 // then one row per metric with each translator's median and the ratio
-// gopasst/pasta, then the failed trials. If the second reference (-pasta2)
-// or the variant gopasst --no-offload ran, two more columns each show its
-// median and the ratio of gopasst to it, where it ran.
+// gopasst/pasta, then the failed trials. If the second reference (-pasta2),
+// the variant gopasst --no-offload or a kernel baseline (veth, loopback)
+// ran, two more columns each show its median and the ratio of gopasst to
+// it, where it ran; the baselines' columns show "—" in the rows of the
+// translator's own costs (CPU time, memory), which they do not have.
 func (b *Bench) table() string {
 	var sb strings.Builder
 	o := b.opt
 	var extra []string // the other translators that ran, in this order
-	for _, name := range []string{pasta2, noOffload} {
+	for _, name := range []string{pasta2, noOffload, kernelVeth, kernelLoopback} {
 		for _, t := range b.trials {
 			if t.Translator == name {
 				extra = append(extra, name)
@@ -115,8 +117,12 @@ func (b *Bench) table() string {
 		order = "interleaved, order rotating"
 	}
 	fmt.Fprintf(&sb, "%s; %s.\n", b.versions(), machine())
-	fmt.Fprintf(&sb, "Medians of %d repetitions (%s); trials of %v after %v warm-up, request/response %v, loss search %d steps of %v; flows at %.0f datagrams/s.\n\n",
+	fmt.Fprintf(&sb, "Medians of %d repetitions (%s); trials of %v after %v warm-up, request/response %v, loss search %d steps of %v; flows at %.0f datagrams/s.\n",
 		o.Reps, order, o.Dur, o.Warmup, o.RRDur, o.Steps, o.StepDur, o.FlowRate)
+	if slices.Contains(extra, kernelVeth) || slices.Contains(extra, kernelLoopback) {
+		sb.WriteString("Kernel baselines, the same tools with no translator: veth, a veth pair between the namespace and the host (kernel routing, the translators' MTU); loopback, both ends in the namespace over its loopback; — where a row measures the translator itself.\n")
+	}
+	sb.WriteString("\n")
 	sb.WriteString("| Scenario | gopasst | pasta | gopasst/pasta |")
 	align := "|---|---:|---:|---:|"
 	for _, name := range extra {
@@ -136,6 +142,8 @@ func (b *Bench) table() string {
 			nv, nr := "", ""
 			if !math.IsNaN(n) {
 				nv, nr = format(n), ratio(g, n)
+			} else if (name == kernelVeth || name == kernelLoopback) && translatorCost(r.section) {
+				nv, nr = "—", "—"
 			}
 			fmt.Fprintf(&sb, " %s | %s |", nv, nr)
 		}

@@ -145,7 +145,8 @@ var (
 )
 
 // Scenario is one measurement, run for both translators in every
-// repetition, and for the variants of gopasst too if Variants is set.
+// repetition, for the variants of gopasst too if Variants is set, and
+// for a kernel baseline if Baseline names one.
 type Scenario struct {
 	// Name selects the scenario with -run.
 	Name string
@@ -159,6 +160,9 @@ type Scenario struct {
 	TCP bool
 	// Args are more options for every translator (e.g. "-m 1500").
 	Args []string
+	// Baseline is the kernel baseline that runs the scenario too
+	// (kernelVeth or kernelLoopback, see veth.go), or empty.
+	Baseline string
 }
 
 // rateSize is the payload of the loss search, the flows test, and the
@@ -214,7 +218,8 @@ func scenarios(b *Bench) []Scenario {
 				return b.flows(ctx, in, t, n)
 			}})
 	}
-	return append(out, tcpScenarios()...)
+	out = append(out, tcpScenarios()...)
+	return append(out, pingScenarios()...)
 }
 
 var families = []Family{

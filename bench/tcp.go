@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -65,11 +66,20 @@ func tcpScenarios() []Scenario {
 	for _, p := range []Path{tcpTapNSHost, tcpTapHostNS, tcpSpliceNSHost, tcpSpliceHostNS} {
 		for _, f := range families {
 			out = append(out, Scenario{Name: fmt.Sprintf("tcp/%s/%s/goodput", p.Name, f.Name), TCP: true,
-				Variants: p.Via == "tap",
+				Variants: p.Via == "tap", Baseline: kernelBaseline(p),
 				Run: func(ctx context.Context, b *Bench, in *Instance, t *Trial) error {
-					return b.tcpGoodput(ctx, in, t, p, f)
+					return b.tcpGoodput(ctx, in, t, p, f, 1)
 				}})
 		}
+	}
+	// The tap paths with parallel connections.
+	for _, p := range []Path{tcpTapNSHost, tcpTapHostNS} {
+		f := families[0]
+		out = append(out, Scenario{Name: fmt.Sprintf("tcp/%s/%s/goodput-%dconn", p.Name, f.Name, goodputConns), TCP: true,
+			Baseline: kernelVeth,
+			Run: func(ctx context.Context, b *Bench, in *Instance, t *Trial) error {
+				return b.tcpGoodput(ctx, in, t, p, f, goodputConns)
+			}})
 	}
 	// The tap paths again with the namespace's MTU at 1500, where
 	// segmentation offload makes the difference.
@@ -78,15 +88,16 @@ func tcpScenarios() []Scenario {
 		p.Label += ", MTU 1500"
 		for _, f := range families {
 			out = append(out, Scenario{Name: fmt.Sprintf("tcp/%s/%s/goodput", p.Name, f.Name), TCP: true,
-				Variants: true, Args: []string{"-m", "1500"},
+				Variants: true, Args: []string{"-m", "1500"}, Baseline: kernelVeth,
 				Run: func(ctx context.Context, b *Bench, in *Instance, t *Trial) error {
-					return b.tcpGoodput(ctx, in, t, p, f)
+					return b.tcpGoodput(ctx, in, t, p, f, 1)
 				}})
 		}
 	}
 	for _, p := range []Path{tcpTapNSHost, tcpSpliceNSHost} {
 		for _, f := range families {
 			out = append(out, Scenario{Name: fmt.Sprintf("tcp/%s/%s/rr", p.Name, f.Name), TCP: true,
+				Baseline: kernelBaseline(p),
 				Run: func(ctx context.Context, b *Bench, in *Instance, t *Trial) error {
 					return b.tcpRR(ctx, in, t, p, f)
 				}})
@@ -95,11 +106,21 @@ func tcpScenarios() []Scenario {
 	for _, f := range families {
 		p := tcpTapNSHost
 		out = append(out, Scenario{Name: fmt.Sprintf("tcp/%s/%s/conn", p.Name, f.Name), TCP: true,
+			Baseline: kernelVeth,
 			Run: func(ctx context.Context, b *Bench, in *Instance, t *Trial) error {
 				return b.tcpConn(ctx, in, t, p, f)
 			}})
 	}
-	return out
+	// The host connects to a -t port, the server in the namespace.
+	for _, f := range families[:1] {
+		p := tcpTapHostNS
+		out = append(out, Scenario{Name: fmt.Sprintf("tcp/%s/%s/conn", p.Name, f.Name), TCP: true,
+			Baseline: kernelVeth,
+			Run: func(ctx context.Context, b *Bench, in *Instance, t *Trial) error {
+				return b.tcpConn(ctx, in, t, p, f)
+			}})
+	}
+	return append(out, tcpConnsScenarios()...)
 }
 
 // tcpListening reports whether a socket in pid's network namespace
@@ -125,11 +146,12 @@ func tcpListeningBoth(pid, port int) bool {
 		(tcpListening(pid, "tcp", port, false) || tcpListening(pid, "tcp6", port, true))
 }
 
-// tcpGoodput streams over path p from one connection as fast as the
-// sender's socket takes the data, and measures, after the warm-up, the
+// tcpGoodput streams over path p from conns connections as fast as the
+// sender's sockets take the data, and measures, after the warm-up, the
 // bytes that reach the sink intact per second, and the translator's CPU
 // time per gigabyte.
-func (b *Bench) tcpGoodput(ctx context.Context, in *Instance, t *Trial, p Path, f Family) error {
+func (b *Bench) tcpGoodput(ctx context.Context, in *Instance, t *Trial, p Path, f Family, conns int) error {
+	p = in.route(p)
 	t.Via = p.Via
 	tap0, _ := in.TapBytes()
 	sink, err := b.startLoad(p.Receiver, in, "tcpsink", "-l", p.Listen(f).String())
@@ -137,7 +159,11 @@ func (b *Bench) tcpGoodput(ctx context.Context, in *Instance, t *Trial, p Path, 
 		return err
 	}
 	defer sink.Kill()
-	send, err := b.startLoad(p.Sender, in, "tcpsend", "-to", p.To(f).String())
+	sendArgs := []string{"tcpsend", "-to", p.To(f).String()}
+	if conns > 1 {
+		sendArgs = []string{"tcpsendn", "-to", p.To(f).String(), "-flows", strconv.Itoa(conns)}
+	}
+	send, err := b.startLoad(p.Sender, in, sendArgs...)
 	if err != nil {
 		return err
 	}
@@ -171,7 +197,7 @@ func (b *Bench) tcpGoodput(ctx context.Context, in *Instance, t *Trial, p Path, 
 	t.checkVia(m.recv.Bytes)
 	t.note("measured: sent %d B, received %d B intact, tap drops %d, translator CPU %.3f s in %.2f s",
 		m.w1.send.Bytes-m.w0.send.Bytes, t.Moved, m.w1.drop-m.w0.drop, m.cpu(), m.secs())
-	if m.recv.Msgs != 1 {
+	if m.recv.Msgs != uint64(conns) {
 		t.note("sink accepted %d connections", m.recv.Msgs)
 	}
 	if t.Bad = m.recv.Bad; t.Bad > 0 {
@@ -181,6 +207,9 @@ func (b *Bench) tcpGoodput(ctx context.Context, in *Instance, t *Trial, p Path, 
 		t.note("sink errors %d (%s)", m.recv.Errors, m.recv.LastErr)
 	}
 	label := fmt.Sprintf("%s, %s", p.Label, f.Label)
+	if conns > 1 {
+		label += fmt.Sprintf(", %d connections", conns)
+	}
 	t.add(secTCPGoodput, "TCP goodput, "+label, "Mbit/s ↑", float64(t.Moved)*8/m.secs()/1e6)
 	if t.Moved > 0 && m.cpu() > 0 {
 		t.add(secTCPPerCPU, "TCP translator CPU time per GB, "+label, "ms/GB ↓", m.cpu()*1e3/(float64(t.Moved)/1e9))
@@ -200,6 +229,7 @@ const tcpFrameMin = 14 + 20 + 20
 // one connection from a client in the namespace to an echo server on the
 // host, over path p (the tap or splice, namespace to host).
 func (b *Bench) tcpRR(_ context.Context, in *Instance, t *Trial, p Path, f Family) error {
+	p = in.route(p)
 	t.Via = p.Via
 	echo, err := b.startLoad(p.Receiver, in, "tcpecho", "-l", p.Listen(f).String())
 	if err != nil {
@@ -242,6 +272,7 @@ func (b *Bench) tcpRR(_ context.Context, in *Instance, t *Trial, p Path, f Famil
 // connects, the server accepts and closes, the client reads the end of
 // the stream and closes.
 func (b *Bench) tcpConn(_ context.Context, in *Instance, t *Trial, p Path, f Family) error {
+	p = in.route(p)
 	t.Via = p.Via
 	srv, err := b.startLoad(p.Receiver, in, "tcpaccept", "-l", p.Listen(f).String())
 	if err != nil {
@@ -290,13 +321,17 @@ func (b *Bench) tcpConn(_ context.Context, in *Instance, t *Trial, p Path, f Fam
 //
 //	tcpsink   -l ADDR:PORT       accept connections, count the bytes of the stream pattern that arrive intact
 //	tcpsend   -to ADDR:PORT      one connection, write the stream pattern as fast as the socket takes it
+//	tcpsendn  -to ADDR:PORT -flows N   the same on N connections at once (tcpmulti.go)
 //	tcpecho   -l ADDR:PORT       accept connections, send back everything
 //	tcprr     -to ADDR:PORT -dur D   one connection, one byte out and back at a time
 //	tcpaccept -l ADDR:PORT       accept connections and close them at once
 //	tcpconn   -to ADDR:PORT -dur D   connect, read the end of stream, close, again
+//	tcpopen   -to ADDR:PORT -flows N   open N connections, a request and its answer each, hold them (tcpconns.go)
+//	tcpkeep   -l ADDR:PORT       answer each connection's request, keep them open; on stop end them all
 var tcpTools = map[string]func(loadOpts, *control) (Counters, error){
-	"tcpsink": runTCPSink, "tcpsend": runTCPSend, "tcpecho": runTCPEcho,
+	"tcpsink": runTCPSink, "tcpsend": runTCPSend, "tcpsendn": runTCPSendN, "tcpecho": runTCPEcho,
 	"tcprr": runTCPRR, "tcpaccept": runTCPAccept, "tcpconn": runTCPConn,
+	"tcpopen": runTCPOpen, "tcpkeep": runTCPKeep,
 }
 
 // The stream pattern: byte i of every connection's stream is

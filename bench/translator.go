@@ -50,7 +50,8 @@ const pasta2 = "pasta2"
 
 // Translator is one of the programs under comparison.
 type Translator struct {
-	// Name is "gopasst", "pasta", pasta2, or noOffload.
+	// Name is "gopasst", "pasta", pasta2, noOffload, kernelVeth or
+	// kernelLoopback.
 	Name string
 	// Argv is the program and the arguments that come before the
 	// options: the gopasst binary and "pasta" (and "--no-offload" for
@@ -59,6 +60,10 @@ type Translator struct {
 	// Variant marks a variant of gopasst, run only in the scenarios that
 	// ask for variants (see [Scenario]).
 	Variant bool
+	// Kernel marks a kernel baseline (Name kernelVeth or kernelLoopback,
+	// no Argv): no program, run only in the scenarios whose Baseline it
+	// is (see veth.go).
+	Kernel bool
 }
 
 // translatorArgs are the options both translators get: configure the
@@ -158,6 +163,9 @@ type Instance struct {
 	tree map[int]string
 	// tcp is set if the translator forwards the TCP ports (-t, -T).
 	tcp bool
+	// down, if set, undoes what the bench set up for a kernel baseline
+	// (the veth pair).
+	down func()
 }
 
 // NSPid returns the process whose network namespace the translator serves.
@@ -489,6 +497,10 @@ func (in *Instance) Stop() {
 	if in.proc != nil {
 		in.proc.stop(syscall.SIGTERM, 3*time.Second)
 	}
+	if in.down != nil {
+		in.down()
+		in.down = nil
+	}
 	in.holder.stop(syscall.SIGKILL, 0)
 	for pid, cmd := range in.tree {
 		// Only a process that still runs the same command line: the
@@ -499,9 +511,10 @@ func (in *Instance) Stop() {
 	}
 }
 
-// Err returns what the translator printed if it exited, or nil.
+// Err returns what the translator printed if it exited, or nil (always
+// nil for a kernel baseline, which has no process).
 func (in *Instance) Err() error {
-	if in.proc.exited() {
+	if in.proc != nil && in.proc.exited() {
 		return errors.New(in.tr.Name + " exited: " + in.proc.out.String())
 	}
 	return nil

@@ -746,6 +746,13 @@ func (ep *fuzzTap) checkFrame(frame []byte) error {
 		if w.SrcPort == w.DstPort && (w.SrcIP == gw4 || w.SrcIP == gw6) && ep.fromGuest(payload) {
 			return nil
 		}
+		// A datagram to the gateway's forwarded port reaches the
+		// engine's own listening socket of that port on the host's
+		// loopback, which forwards it back to the guest, from the
+		// gateway and the guest's source port.
+		if w.DstPort == fwdPort && (w.SrcIP == gw4 || w.SrcIP == gw6) && ep.fromGuest(payload) {
+			return nil
+		}
 		return fmt.Errorf("UDP payload of %d bytes the host never sent", len(payload))
 	}
 	ep.echoed[string(payload)]--

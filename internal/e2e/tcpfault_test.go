@@ -29,8 +29,9 @@ import (
 	"github.com/gopasst/gopasst/internal/e2e/sandbox"
 )
 
-// The TCP limit and fault tests (this file and tcplimits_test.go) use,
-// beside tcptool, a few helpers of their own, built into the test binary:
+// The TCP limit and fault tests (this file, tcplimits_test.go and
+// tcpfdlimit_test.go) use, beside tcptool, a few helpers of their own,
+// built into the test binary:
 // tcpHelperEnv, set to a command name, turns the binary into that helper,
 // with the command line's arguments as its flags (see tcpHelperMain).
 const tcpHelperEnv = "GOPASST_E2E_TCPHELPER"
@@ -70,6 +71,22 @@ func init() {
 //	    accepts one connection, reads B bytes, stops reading for D (so
 //	    that every buffer on the way fills up), then closes with
 //	    SO_LINGER 0 (RST) and prints {"reset_ns":...}.
+//	flood -to ADDR[,ADDR...] -n N [-size B] [-hold FILE] [-timeout D]
+//	    [-connect-timeout D]
+//	    opens N connections at once, to the addresses in turn; each
+//	    sends the tcptool pattern of seed 1 (B bytes) and checks that
+//	    the echo is that, byte-exact, then waits for FILE (if given),
+//	    half-closes and expects EOF. While connections are still being
+//	    opened or echoed it prints "status pending=P ok=K failed=F"
+//	    whenever that changes, then "opened ok=K failed=F" once none is
+//	    pending, a JSON floodConn per connection once all are closed,
+//	    and "flood finished" (tcpfdlimit_test.go).
+//	echoer -to ADDR -stop FILE [-rate BYTES/S] [-chunk B]
+//	    one connection to an echo server: sends chunks of the pattern of
+//	    seed 1, at about the rate, each read back and checked before the
+//	    next, until FILE exists; then half-closes and expects EOF. It
+//	    prints "connected LOCAL", "progress UNIXMS BYTES" lines and a
+//	    JSON echoerResult (tcpfdlimit_test.go).
 func tcpHelperMain(cmd string, args []string) int {
 	var err error
 	switch cmd {
@@ -83,6 +100,10 @@ func tcpHelperMain(cmd string, args []string) int {
 		err = helperPauseReader(args)
 	case "resetter":
 		err = helperResetter(args)
+	case "flood":
+		err = helperFlood(args)
+	case "echoer":
+		err = helperEchoer(args)
 	default:
 		err = fmt.Errorf("unknown command %q", cmd)
 	}

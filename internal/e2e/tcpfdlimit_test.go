@@ -23,53 +23,6 @@ import (
 	"github.com/gopasst/gopasst/internal/e2e/watch"
 )
 
-// fdHelperEnv, set to a command name, turns the test binary into a helper
-// of TestTCPFDLimit (see fdHelperMain), with the command line's arguments
-// as its flags.
-const fdHelperEnv = "GOPASST_E2E_FDHELPER"
-
-// The helper runs from init, before TestMain (like those of tcpHelperEnv).
-func init() {
-	if cmd := os.Getenv(fdHelperEnv); cmd != "" {
-		os.Exit(fdHelperMain(cmd, os.Args[1:]))
-	}
-}
-
-// fdHelperMain runs helper cmd with args and returns its exit status:
-//
-//	flood -to ADDR[,ADDR...] -n N [-size B] [-hold FILE] [-timeout D]
-//	    [-connect-timeout D]
-//	    opens N connections at once, to the addresses in turn; each
-//	    sends the tcptool pattern of seed 1 (B bytes) and checks that
-//	    the echo is that, byte-exact, then waits for FILE (if given),
-//	    half-closes and expects EOF. While connections are still being
-//	    opened or echoed it prints "status pending=P ok=K failed=F"
-//	    whenever that changes, then "opened ok=K failed=F" once none is
-//	    pending, a JSON floodConn per connection once all are closed,
-//	    and "flood finished".
-//	echoer -to ADDR -stop FILE [-rate BYTES/S] [-chunk B]
-//	    one connection to an echo server: sends chunks of the pattern of
-//	    seed 1, at about the rate, each read back and checked before the
-//	    next, until FILE exists; then half-closes and expects EOF. It
-//	    prints "connected LOCAL", "progress UNIXMS BYTES" lines and a
-//	    JSON echoerResult.
-func fdHelperMain(cmd string, args []string) int {
-	var err error
-	switch cmd {
-	case "flood":
-		err = helperFlood(args)
-	case "echoer":
-		err = helperEchoer(args)
-	default:
-		err = fmt.Errorf("unknown command %q", cmd)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fdhelper:", err)
-		return 1
-	}
-	return 0
-}
-
 // floodConn is what the flood helper found of one connection.
 type floodConn struct {
 	Conn int    `json:"flood_conn"`
@@ -300,19 +253,6 @@ func helperEchoer(args []string) error {
 	return nil
 }
 
-// startFDHelper starts helper cmd of fdHelperMain at p; it is killed
-// when t ends.
-func (p place) startFDHelper(t *testing.T, sb *sandbox.Sandbox, cmd string, args ...string) *sandbox.Proc {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := append(append([]string{}, p.pre...), "env", fdHelperEnv+"="+cmd, self)
-	a = append(a, args...)
-	return sb.Start(t, p.ns, a[0], a[1:]...)
-}
-
 // fdEchoer is the long-lived connection of TestTCPFDLimit: the echoer
 // helper in the namespace and a tcptool echo server on the host's
 // loopback (through the gateway address, so through the tap), both
@@ -328,7 +268,7 @@ func startFDEchoer(t *testing.T, n *tcpNS, rate int64) *fdEchoer {
 	srv := hostPlace(n.sb).start(t, n.sb, "serve", "-l", ap(families[0].loopback, port), "-mode", "echo", "-count", "1", "-timeout", "600s")
 	srv.WaitLine(t, "ready", 10*time.Second)
 	e := &fdEchoer{srv: srv, stop: filepath.Join(t.TempDir(), "stop-echoer")}
-	e.cli = n.place().startFDHelper(t, n.sb, "echoer", "-to", ap(families[0].gw, port), "-stop", e.stop, "-rate", strconv.FormatInt(rate, 10))
+	e.cli = n.place().startHelper(t, n.sb, "echoer", "-to", ap(families[0].gw, port), "-stop", e.stop, "-rate", strconv.FormatInt(rate, 10))
 	e.cli.WaitLine(t, "connected", 10*time.Second)
 	return e
 }
@@ -599,7 +539,7 @@ func fdFloodOut(t *testing.T, n *tcpNS, ech *fdEchoer, base, nofile, flood int) 
 	hold := filepath.Join(t.TempDir(), "hold")
 	c0 := n.counters(t)
 	echoed0 := ech.echoed()
-	fl := n.place().startFDHelper(t, sb, "flood", "-to", ap(families[0].gw, port)+","+ap(families[1].gw, port),
+	fl := n.place().startHelper(t, sb, "flood", "-to", ap(families[0].gw, port)+","+ap(families[1].gw, port),
 		"-n", strconv.Itoa(flood), "-hold", hold, "-timeout", "60s")
 	line := fl.WaitLine(t, "opened ", 60*time.Second)
 	var ok, failed int
@@ -709,7 +649,7 @@ func fdFloodIn(t *testing.T, n *tcpNS, ech *fdEchoer, port uint16, base, nofile,
 	hold := filepath.Join(t.TempDir(), "hold")
 	c0 := n.counters(t)
 	echoed0 := ech.echoed()
-	fl := hostPlace(sb).startFDHelper(t, sb, "flood", "-to", strings.Join(to, ","), "-n", strconv.Itoa(flood), "-hold", hold, "-timeout", "90s")
+	fl := hostPlace(sb).startHelper(t, sb, "flood", "-to", strings.Join(to, ","), "-n", strconv.Itoa(flood), "-hold", hold, "-timeout", "90s")
 	// Wait until nothing moves any more: the flood's status and the
 	// active connections hold still for 1.5 s.
 	var pending, ok, failed int

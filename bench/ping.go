@@ -213,31 +213,18 @@ func runPing(o loadOpts, c *control) (Counters, error) {
 	copy(payload, pattern(o.size))
 	resp := make([]byte, maxDatagram)
 	var st stats
-	lat := make([]time.Duration, 0, 1<<20)
 	var lost, seq uint64
-	var start time.Time
-	warm := time.Now()
-	c.start(st.snapshot)
-	for !c.stopped() {
-		if start.IsZero() && (len(lat) >= rrWarmup || time.Since(warm) >= rrWarmupMax) {
-			start = time.Now()
-			lat = lat[:0]
-			lost = 0
-		}
-		if !start.IsZero() && time.Since(start) >= o.dur {
-			break
-		}
+	final, err := timed(o, c, &st, func() { lost = 0 }, func() (bool, error) {
 		seq++
 		binary.BigEndian.PutUint16(req[6:], uint16(seq))
 		binary.LittleEndian.PutUint64(payload[4:hdrLen], seq)
-		t0 := time.Now()
 		if _, err := unix.Write(fd, req); err != nil {
 			if !transient(err) {
-				return st.snapshot(), fmt.Errorf("send: %w", err)
+				return false, fmt.Errorf("send: %w", err)
 			}
 			st.fail(err)
 			time.Sleep(time.Millisecond)
-			continue
+			return false, nil
 		}
 		for {
 			n, err := unix.Read(fd, resp)
@@ -249,7 +236,7 @@ func runPing(o loadOpts, c *control) (Counters, error) {
 					st.fail(err)
 				}
 				lost++
-				break
+				return false, nil
 			}
 			r := resp[:n]
 			if n == len(req) && r[0] == replyType && r[1] == 0 && binary.BigEndian.Uint16(r[4:]) == id &&
@@ -263,27 +250,10 @@ func runPing(o loadOpts, c *control) (Counters, error) {
 				st.fail(fmt.Errorf("reply %x to request %x", r[:min(n, 32)], req[:min(len(req), 32)]))
 				continue
 			}
-			lat = append(lat, time.Since(t0))
-			st.dgrams.Add(1)
 			st.bytes.Add(uint64(o.size))
-			break
+			return true, nil
 		}
-	}
-	final := st.snapshot()
-	final.Dgrams = uint64(len(lat))
+	})
 	final.Lost = lost
-	if !start.IsZero() {
-		final.Secs = time.Since(start).Seconds()
-	}
-	if len(lat) > 0 {
-		var sum time.Duration
-		for _, d := range lat {
-			sum += d
-		}
-		final.MeanUs = float64(sum.Nanoseconds()) / float64(len(lat)) / 1e3
-		slices.Sort(lat)
-		final.P50us = float64(lat[len(lat)/2].Nanoseconds()) / 1e3
-		final.P99us = float64(lat[min(len(lat)-1, len(lat)*99/100)].Nanoseconds()) / 1e3
-	}
-	return final, nil
+	return final, err
 }

@@ -636,9 +636,10 @@ const tcpRRTimeout = 2 * time.Second
 // timed runs one transaction after another (once returns false for a
 // failed one) for o.dur after a warm-up of rrWarmup good transactions
 // (at most rrWarmupMax), as runRR does, and returns the counters: Msgs
-// counts the good transactions, warm-up included; Dgrams, Secs and the
-// percentiles cover the measured part.
-func timed(o loadOpts, c *control, st *stats, once func() (bool, error)) (Counters, error) {
+// counts the good transactions, warm-up included; Dgrams, Secs, the mean
+// and the percentiles cover the measured part. measuring, if not nil,
+// runs when the measured part starts (to reset the caller's own counts).
+func timed(o loadOpts, c *control, st *stats, measuring func(), once func() (bool, error)) (Counters, error) {
 	lat := make([]time.Duration, 0, 1<<20)
 	var start time.Time
 	warm := time.Now()
@@ -647,6 +648,9 @@ func timed(o loadOpts, c *control, st *stats, once func() (bool, error)) (Counte
 		if start.IsZero() && (len(lat) >= rrWarmup || time.Since(warm) >= rrWarmupMax) {
 			start = time.Now()
 			lat = lat[:0]
+			if measuring != nil {
+				measuring()
+			}
 		}
 		if !start.IsZero() && time.Since(start) >= o.dur {
 			break
@@ -667,6 +671,11 @@ func timed(o loadOpts, c *control, st *stats, once func() (bool, error)) (Counte
 		final.Secs = time.Since(start).Seconds()
 	}
 	if len(lat) > 0 {
+		var sum time.Duration
+		for _, d := range lat {
+			sum += d
+		}
+		final.MeanUs = float64(sum.Nanoseconds()) / float64(len(lat)) / 1e3
 		slices.Sort(lat)
 		final.P50us = float64(lat[len(lat)/2].Nanoseconds()) / 1e3
 		final.P99us = float64(lat[min(len(lat)-1, len(lat)*99/100)].Nanoseconds()) / 1e3
@@ -693,7 +702,7 @@ func runTCPRR(o loadOpts, c *control) (Counters, error) {
 	var st stats
 	var seq byte
 	req, resp := []byte{0}, make([]byte, 16)
-	return timed(o, c, &st, func() (bool, error) {
+	return timed(o, c, &st, nil, func() (bool, error) {
 		seq++
 		req[0] = seq
 		if err := writeAll(fd, req); err != nil {
@@ -727,7 +736,7 @@ func runTCPRR(o loadOpts, c *control) (Counters, error) {
 func runTCPConn(o loadOpts, c *control) (Counters, error) {
 	var st stats
 	buf := make([]byte, 16)
-	return timed(o, c, &st, func() (bool, error) {
+	return timed(o, c, &st, nil, func() (bool, error) {
 		fd, err := tcpDial(o.to, tcpRRTimeout)
 		if err != nil {
 			st.fail(err)

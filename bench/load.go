@@ -670,31 +670,17 @@ func runRR(o loadOpts, c *control) (Counters, error) {
 	var st stats
 	req := pattern(o.size)
 	resp := make([]byte, maxDatagram)
-	lat := make([]time.Duration, 0, 1<<20)
-	var lost uint64
-	var seq uint64
-	var start time.Time
-	warm := time.Now()
-	c.start(st.snapshot)
-	for !c.stopped() {
-		if start.IsZero() && (len(lat) >= rrWarmup || time.Since(warm) >= rrWarmupMax) {
-			start = time.Now()
-			lat = lat[:0]
-			lost = 0
-		}
-		if !start.IsZero() && time.Since(start) >= o.dur {
-			break
-		}
+	var lost, seq uint64
+	final, err := timed(o, c, &st, func() { lost = 0 }, func() (bool, error) {
 		seq++
 		binary.LittleEndian.PutUint64(req[4:hdrLen], seq)
-		t0 := time.Now()
 		if err := unix.Sendto(fd, req, 0, to); err != nil {
 			if !transient(err) {
-				return st.snapshot(), err
+				return false, err
 			}
 			st.fail(err)
 			time.Sleep(time.Millisecond)
-			continue
+			return false, nil
 		}
 		for {
 			n, _, err := unix.Recvfrom(fd, resp, 0)
@@ -706,25 +692,64 @@ func runRR(o loadOpts, c *control) (Counters, error) {
 					st.fail(err)
 				}
 				lost++
-				break
+				return false, nil
 			}
 			if n != len(req) || binary.LittleEndian.Uint64(resp[4:hdrLen]) != seq {
 				st.bad.Add(1) // a late answer to an earlier request
 				continue
 			}
-			lat = append(lat, time.Since(t0))
 			st.dgrams.Add(1)
 			st.bytes.Add(uint64(n))
+			return true, nil
+		}
+	})
+	final.Lost = lost
+	return final, err
+}
+
+// timed runs one transaction after another (once returns false for a
+// failed one) for o.dur after a warm-up of rrWarmup good transactions
+// (at most rrWarmupMax), and returns the counters: Msgs
+// counts the good transactions, warm-up included; Dgrams, Secs, the mean
+// and the percentiles cover the measured part. measuring, if not nil,
+// runs when the measured part starts (to reset the caller's own counts).
+func timed(o loadOpts, c *control, st *stats, measuring func(), once func() (bool, error)) (Counters, error) {
+	lat := make([]time.Duration, 0, 1<<20)
+	var start time.Time
+	warm := time.Now()
+	c.start(st.snapshot)
+	for !c.stopped() {
+		if start.IsZero() && (len(lat) >= rrWarmup || time.Since(warm) >= rrWarmupMax) {
+			start = time.Now()
+			lat = lat[:0]
+			if measuring != nil {
+				measuring()
+			}
+		}
+		if !start.IsZero() && time.Since(start) >= o.dur {
 			break
+		}
+		t0 := time.Now()
+		ok, err := once()
+		if err != nil {
+			return st.snapshot(), err
+		}
+		if ok {
+			lat = append(lat, time.Since(t0))
+			st.msgs.Add(1)
 		}
 	}
 	final := st.snapshot()
 	final.Dgrams = uint64(len(lat))
-	final.Lost = lost
 	if !start.IsZero() {
 		final.Secs = time.Since(start).Seconds()
 	}
 	if len(lat) > 0 {
+		var sum time.Duration
+		for _, d := range lat {
+			sum += d
+		}
+		final.MeanUs = float64(sum.Nanoseconds()) / float64(len(lat)) / 1e3
 		slices.Sort(lat)
 		final.P50us = float64(lat[len(lat)/2].Nanoseconds()) / 1e3
 		final.P99us = float64(lat[min(len(lat)-1, len(lat)*99/100)].Nanoseconds()) / 1e3

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -632,56 +631,6 @@ func runTCPAccept(o loadOpts, c *control) (Counters, error) {
 // the TCP request/response and connection clients; TCP loses nothing, so
 // running into it is an error.
 const tcpRRTimeout = 2 * time.Second
-
-// timed runs one transaction after another (once returns false for a
-// failed one) for o.dur after a warm-up of rrWarmup good transactions
-// (at most rrWarmupMax), as runRR does, and returns the counters: Msgs
-// counts the good transactions, warm-up included; Dgrams, Secs, the mean
-// and the percentiles cover the measured part. measuring, if not nil,
-// runs when the measured part starts (to reset the caller's own counts).
-func timed(o loadOpts, c *control, st *stats, measuring func(), once func() (bool, error)) (Counters, error) {
-	lat := make([]time.Duration, 0, 1<<20)
-	var start time.Time
-	warm := time.Now()
-	c.start(st.snapshot)
-	for !c.stopped() {
-		if start.IsZero() && (len(lat) >= rrWarmup || time.Since(warm) >= rrWarmupMax) {
-			start = time.Now()
-			lat = lat[:0]
-			if measuring != nil {
-				measuring()
-			}
-		}
-		if !start.IsZero() && time.Since(start) >= o.dur {
-			break
-		}
-		t0 := time.Now()
-		ok, err := once()
-		if err != nil {
-			return st.snapshot(), err
-		}
-		if ok {
-			lat = append(lat, time.Since(t0))
-			st.msgs.Add(1)
-		}
-	}
-	final := st.snapshot()
-	final.Dgrams = uint64(len(lat))
-	if !start.IsZero() {
-		final.Secs = time.Since(start).Seconds()
-	}
-	if len(lat) > 0 {
-		var sum time.Duration
-		for _, d := range lat {
-			sum += d
-		}
-		final.MeanUs = float64(sum.Nanoseconds()) / float64(len(lat)) / 1e3
-		slices.Sort(lat)
-		final.P50us = float64(lat[len(lat)/2].Nanoseconds()) / 1e3
-		final.P99us = float64(lat[min(len(lat)-1, len(lat)*99/100)].Nanoseconds()) / 1e3
-	}
-	return final, nil
-}
 
 // runTCPRR connects to o.to (TCP_NODELAY) and sends one byte at a time,
 // waiting for its echo before the next; Bytes counts the answers'

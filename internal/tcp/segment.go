@@ -63,6 +63,7 @@ const (
 	segBadOffset             // data offset below 5 or beyond the segment
 	segBadOption             // an option runs past the header
 	segBadFlags              // SYN with FIN or RST, or no flag at all
+	segBadPort               // a port of 0, which no connection has
 )
 
 // parseSegment decodes b, a TCP header and payload, into s.
@@ -76,6 +77,9 @@ func parseSegment(b []byte, s *segment) parseResult {
 	}
 	s.sport = binary.BigEndian.Uint16(b[0:2])
 	s.dport = binary.BigEndian.Uint16(b[2:4])
+	if s.sport == 0 || s.dport == 0 {
+		return segBadPort
+	}
 	s.seq = binary.BigEndian.Uint32(b[4:8])
 	s.ack = binary.BigEndian.Uint32(b[8:12])
 	s.flags = b[13] & 0x3f

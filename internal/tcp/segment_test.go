@@ -91,6 +91,8 @@ func TestParseSegment(t *testing.T) {
 		{"SYN and FIN", encode(t, src4, dst4, &layers.TCP{SrcPort: 1, DstPort: 2, SYN: true, FIN: true}, nil), segBadFlags},
 		{"SYN and RST", encode(t, src4, dst4, &layers.TCP{SrcPort: 1, DstPort: 2, SYN: true, RST: true}, nil), segBadFlags},
 		{"no flags", encode(t, src4, dst4, &layers.TCP{SrcPort: 1, DstPort: 2}, []byte("x")), segBadFlags},
+		{"source port 0", encode(t, src4, dst4, &layers.TCP{SrcPort: 0, DstPort: 2, ACK: true}, nil), segBadPort},
+		{"destination port 0", encode(t, src4, dst4, &layers.TCP{SrcPort: 1, DstPort: 0, SYN: true}, nil), segBadPort},
 	} {
 		if r := parseSegment(c.b, &s); r != c.want {
 			t.Errorf("%s: got %d, want %d", c.name, r, c.want)

@@ -79,8 +79,9 @@
 // from the peer becomes a RST to the guest. A keepalive probe from the
 // guest turns SO_KEEPALIVE on for its connection.
 //
-// Bad input. A segment that fails parsing (short, a port of 0, a data offset or option
-// past its end, impossible flags) is counted and dropped. A segment for no
+// Bad input. A segment that fails parsing (short, a port of 0, a data
+// offset or option past its end, impossible flags) is counted and
+// dropped. A segment for no
 // connection is answered with RST (RFC 9293 3.10.7.1), never a RST; a RST
 // is accepted only at the exact next sequence number, and one inside the
 // window, or a SYN on an open connection, gets a challenge ACK (RFC 5961).

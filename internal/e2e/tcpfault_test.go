@@ -3,7 +3,6 @@ package e2e_test
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -26,6 +25,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasst/gopasst/internal/e2e/pattern"
 	"github.com/gopasst/gopasst/internal/e2e/sandbox"
 )
 
@@ -112,25 +112,6 @@ func tcpHelperMain(cmd string, args []string) int {
 		return 1
 	}
 	return 0
-}
-
-// patMix and patFill make the pattern of tcptool (its mix and
-// fillPattern), so that tcptool's receivers verify what the helpers send
-// and the other way round.
-func patMix(seed, blk uint64) uint64 {
-	z := seed*0x9E3779B97F4A7C15 + blk*0xD1B54A32D192ED03 + 0x94D049BB133111EB
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EB
-	return z ^ (z >> 31)
-}
-
-func patFill(b []byte, seed, off uint64) {
-	for len(b) > 0 {
-		var w [8]byte
-		binary.LittleEndian.PutUint64(w[:], patMix(seed, off/8))
-		n := copy(b, w[off%8:])
-		b, off = b[n:], off+uint64(n)
-	}
 }
 
 // helperNet is "tcp4" or "tcp6" for an ADDR:PORT literal.
@@ -321,7 +302,7 @@ func helperStream(args []string) error {
 			time.Sleep(min(due.Sub(now), 20*time.Millisecond))
 			continue
 		}
-		patFill(chunk, *seed, uint64(r.Sent))
+		pattern.Fill(chunk, *seed, uint64(r.Sent))
 		_ = tc.SetWriteDeadline(now.Add(100 * time.Millisecond))
 		n, werr := tc.Write(chunk)
 		h.Write(chunk[:n])
@@ -424,7 +405,7 @@ func helperPauseReader(args []string) error {
 		n, err := c.Read(buf)
 		if n > 0 {
 			h.Write(buf[:n])
-			patFill(want[:n], *peerSeed, uint64(r.Received))
+			pattern.Fill(want[:n], *peerSeed, uint64(r.Received))
 			for i := 0; i < n && r.BadAt < 0; i++ {
 				if buf[i] != want[i] {
 					r.BadAt = r.Received + int64(i)

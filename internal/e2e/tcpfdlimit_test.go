@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasst/gopasst/internal/e2e/pattern"
 	"github.com/gopasst/gopasst/internal/e2e/sandbox"
 	"github.com/gopasst/gopasst/internal/e2e/watch"
 )
@@ -88,7 +89,7 @@ func helperFlood(args []string) error {
 		nets[i] = nw
 	}
 	data := make([]byte, *size)
-	patFill(data, 1, 0)
+	pattern.Fill(data, 1, 0)
 	res := make([]floodConn, *n)
 	var pending, ok, failed atomic.Int64
 	pending.Store(int64(*n))
@@ -221,7 +222,7 @@ func helperEchoer(args []string) error {
 			time.Sleep(min(due.Sub(now), 20*time.Millisecond))
 			continue
 		}
-		patFill(out, 1, uint64(r.Echoed))
+		pattern.Fill(out, 1, uint64(r.Echoed))
 		_ = tc.SetDeadline(now.Add(20 * time.Second))
 		if _, err := tc.Write(out); err != nil {
 			r.Err = "write: " + err.Error()

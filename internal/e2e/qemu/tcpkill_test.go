@@ -3,7 +3,6 @@ package qemu_test
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -21,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasst/gopasst/internal/e2e/pattern"
 	"github.com/gopasst/gopasst/internal/e2e/qemu"
 	"github.com/gopasst/gopasst/internal/e2e/sandbox"
 	"github.com/gopasst/gopasst/internal/e2e/watch"
@@ -53,24 +53,6 @@ const (
 	markKillStarted = "GUEST-KILL-STARTED" // the first guest's connections are started
 	markKillEcho    = "GUEST-KILL-ECHO"    // exit status of the second guest's tcptool
 )
-
-// The tcptool pattern (its mix and fillPattern): byte i of the stream of
-// seed S is byte i%8 of killMix(S, i/8), little-endian.
-func killMix(seed, blk uint64) uint64 {
-	z := seed*0x9E3779B97F4A7C15 + blk*0xD1B54A32D192ED03 + 0x94D049BB133111EB
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EB
-	return z ^ (z >> 31)
-}
-
-func killFill(b []byte, seed, off uint64) {
-	for len(b) > 0 {
-		var w [8]byte
-		binary.LittleEndian.PutUint64(w[:], killMix(seed, off/8))
-		n := copy(b, w[off%8:])
-		b, off = b[n:], off+uint64(n)
-	}
-}
 
 // Seeds of the patterns: what the guest sends, what the host sends.
 const (
@@ -123,7 +105,7 @@ func (p *killPeer) read(c *net.TCPConn, echo bool) {
 		n, err := c.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			killFill(want[:n], killGuestSeed, uint64(p.received))
+			pattern.Fill(want[:n], killGuestSeed, uint64(p.received))
 			if i := firstMismatch(buf[:n], want[:n]); i >= 0 && p.badAt < 0 {
 				p.badAt = p.received + int64(i)
 			}
@@ -157,7 +139,7 @@ func (p *killPeer) write(c *net.TCPConn) {
 	buf := make([]byte, 64<<10)
 	var off int64
 	for {
-		killFill(buf, killHostSeed, uint64(off))
+		pattern.Fill(buf, killHostSeed, uint64(off))
 		n, err := c.Write(buf)
 		off += int64(n)
 		p.mu.Lock()

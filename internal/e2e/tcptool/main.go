@@ -3,7 +3,7 @@
 // the data path: it uses the net package.
 //
 // Every byte it sends is deterministic: byte i of the stream with seed S
-// is byte i%8 of splitmix64(S, i/8) (see fillPattern), so a receiver
+// is byte i%8 of splitmix64(S, i/8) (see package pattern), so a receiver
 // verifies what arrives byte-exact, in order, without anything else
 // travelling out of band. Receivers also print the SHA-256 of what they
 // received and senders of what they sent, so a test can compare the two.
@@ -17,7 +17,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -35,6 +34,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/gopasst/gopasst/internal/e2e/pattern"
 )
 
 const usageText = `usage: tcptool <command> [flags]
@@ -250,30 +251,6 @@ func (s *sleepRange) pause(rng *rand.Rand) {
 	time.Sleep(d)
 }
 
-// mix is splitmix64's finaliser over the seed and block number: block blk
-// of the pattern of seed.
-func mix(seed, blk uint64) uint64 {
-	z := seed*0x9E3779B97F4A7C15 + blk*0xD1B54A32D192ED03 + 0x94D049BB133111EB
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EB
-	return z ^ (z >> 31)
-}
-
-// fillPattern writes bytes [off, off+len(b)) of the pattern of seed to b.
-func fillPattern(b []byte, seed, off uint64) {
-	for len(b) > 0 {
-		if off%8 == 0 && len(b) >= 8 {
-			binary.LittleEndian.PutUint64(b, mix(seed, off/8))
-			b, off = b[8:], off+8
-			continue
-		}
-		var w [8]byte
-		binary.LittleEndian.PutUint64(w[:], mix(seed, off/8))
-		n := copy(b, w[off%8:])
-		b, off = b[n:], off+uint64(n)
-	}
-}
-
 // verifier checks a received stream against the pattern of a seed and
 // hashes it.
 type verifier struct {
@@ -303,7 +280,7 @@ func (v *verifier) add(p []byte) {
 			v.want = make([]byte, len(p))
 		}
 		w := v.want[:len(p)]
-		fillPattern(w, v.seed, uint64(v.n))
+		pattern.Fill(w, v.seed, uint64(v.n))
 		if !bytes.Equal(p, w) {
 			for i := range p {
 				if p[i] != w[i] {
@@ -350,7 +327,7 @@ func writePattern(c net.Conn, seed uint64, n int64, h hash.Hash, count *atomic.I
 		if n >= 0 {
 			k = min(k, n-off)
 		}
-		fillPattern(buf[:k], seed, uint64(off))
+		pattern.Fill(buf[:k], seed, uint64(off))
 		m, err := c.Write(buf[:k])
 		if h != nil {
 			h.Write(buf[:m])
@@ -823,7 +800,7 @@ func cmdMany(args []string, out *printer) error {
 		return usageError{"-concurrent and -sequential must not be negative, -size must be positive"}
 	}
 	data := make([]byte, *size)
-	fillPattern(data, 1, 0)
+	pattern.Fill(data, 1, 0)
 	ok := true
 	record := func(r *manyResult, mu *sync.Mutex, err error) {
 		mu.Lock()

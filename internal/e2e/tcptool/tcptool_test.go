@@ -9,18 +9,20 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/gopasst/gopasst/internal/e2e/pattern"
 )
 
 // TestPattern checks that the pattern is the same however it is cut, and
 // that the verifier finds the first wrong byte.
 func TestPattern(t *testing.T) {
 	whole := make([]byte, 1000)
-	fillPattern(whole, 7, 0)
+	pattern.Fill(whole, 7, 0)
 	for _, cut := range []int{1, 3, 8, 13, 64, 999} {
 		var got []byte
 		for off := 0; off < len(whole); off += cut {
 			b := make([]byte, min(cut, len(whole)-off))
-			fillPattern(b, 7, uint64(off))
+			pattern.Fill(b, 7, uint64(off))
 			got = append(got, b...)
 		}
 		if !bytes.Equal(got, whole) {
@@ -28,7 +30,7 @@ func TestPattern(t *testing.T) {
 		}
 	}
 	other := make([]byte, len(whole))
-	fillPattern(other, 8, 0)
+	pattern.Fill(other, 8, 0)
 	if bytes.Equal(other, whole) {
 		t.Fatal("seeds 7 and 8 give the same pattern")
 	}

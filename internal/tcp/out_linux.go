@@ -66,22 +66,21 @@ func (e *Engine) window(c *conn, atLeastOne bool) uint32 {
 	if err != nil {
 		return 0
 	}
-	free := c.sndbuf*3/4 - outq
+	queued := 0 // memory the queue holds, when just read
 	if c.sndbuf == 0 || outq >= c.sndbuf/4 || c.sndbufAge >= sndbufRefresh {
-		sndbuf, queued, err := meminfo(c.fd)
-		if err != nil {
+		if c.sndbuf, queued, err = meminfo(c.fd); err != nil {
 			c.sndbuf = 0
 			return 0
 		}
-		c.sndbuf, c.sndbufAge = sndbuf, 0
-		free = sndbuf*3/4 - outq
-		if queued > outq && outq > 0 {
-			// Payload per byte of memory as queued now, with an
-			// eighth kept back for the next skbs' overhead.
-			free = int(int64(sndbuf-queued) * int64(outq) / int64(queued) * 7 / 8)
-		}
+		c.sndbufAge = 0
 	}
 	c.sndbufAge++
+	free := c.sndbuf*3/4 - outq
+	if queued > outq && outq > 0 {
+		// Payload per byte of memory as queued now, with an eighth
+		// kept back for the next skbs' overhead.
+		free = int(int64(c.sndbuf-queued) * int64(outq) / int64(queued) * 7 / 8)
+	}
 	if least := min(c.mss, c.sndbuf/4); free < least {
 		// Too little to be worth a segment: wait for EPOLLOUT.
 		free = 0

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,18 +18,20 @@ import (
 )
 
 // netnsQuitLimit is how soon pasta, attached to a namespace, must exit
-// once the namespace is gone: 50 ms. About 1 ms of it is pasta noticing
-// and returning; most of the rest is the kernel's, in exit_group(2),
-// unregistering the tap device (some 15-20 ms of RCU grace periods). The
-// race detector slows gopasst down (and the tests run side by side with
-// other packages'), hence the slack there. The measured value is logged
-// either way.
-func netnsQuitLimit() time.Duration {
-	if raceBuild {
-		return 100 * time.Millisecond
-	}
-	return 50 * time.Millisecond
-}
+// once the namespace is gone: 50 ms. About 1-3 ms of it is pasta noticing
+// and returning; most of the rest is the kernel's, in exit_group(2):
+// releasing the inotify instance (an SRCU grace period) and unregistering
+// the tap device (some 15-20 ms of RCU grace periods). It is measured on
+// gopasstPlain, the binary users run; on a loaded machine grace periods
+// stretch, so each case gets netnsQuitTries attempts and the best counts.
+const (
+	netnsQuitLimit = 50 * time.Millisecond
+	netnsQuitTries = 3
+	// netnsQuitRaceLimit bounds the race build's exit, run once per
+	// case for the race detector's sake: well under the look-up every
+	// second, so the watch is what ended it.
+	netnsQuitRaceLimit = 500 * time.Millisecond
+)
 
 // TestNetnsQuit attaches pasta to a named namespace (ip-netns) and to a
 // process's namespace, in the foreground and in the background, removes
@@ -44,36 +47,64 @@ func TestNetnsQuit(t *testing.T) {
 		}
 		t.Run("named/"+mode, func(t *testing.T) {
 			name := fmt.Sprintf("%s-quit-%s", sb.HostNS, mode[:2])
-			if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-				t.Fatalf("ip netns add: %v %s", err, out)
-			}
-			t.Cleanup(func() {
-				if _, err := os.Stat(filepath.Join("/run/netns", name)); err == nil {
-					_ = exec.Command("ip", "netns", "del", name).Run()
+			quitWithin(t, func(bin string) time.Duration {
+				if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+					t.Fatalf("ip netns add: %v %s", err, out)
 				}
+				path := filepath.Join("/run/netns", name)
+				defer func() {
+					if _, err := os.Stat(path); err == nil {
+						_ = exec.Command("ip", "netns", "del", name).Run()
+					}
+				}()
+				pidfd, p := startAttached(t, sb, bin, bg, "--netns", name)
+				// What "ip netns del" (and podman) do, timed from the
+				// moment the file goes: a lazy unmount, then unlink.
+				if err := unix.Unmount(path, unix.MNT_DETACH); err != nil {
+					t.Fatalf("umount %s: %v", path, err)
+				}
+				start := time.Now()
+				if err := os.Remove(path); err != nil {
+					t.Fatal(err)
+				}
+				return checkQuit(t, pidfd, p, start)
 			})
-			pidfd, p := startAttached(t, sb, bg, "--netns", name)
-			// What "ip netns del" (and podman) do, timed from the
-			// moment the file goes: a lazy unmount, then unlink.
-			path := filepath.Join("/run/netns", name)
-			if err := unix.Unmount(path, unix.MNT_DETACH); err != nil {
-				t.Fatalf("umount %s: %v", path, err)
-			}
-			start := time.Now()
-			if err := os.Remove(path); err != nil {
-				t.Fatal(err)
-			}
-			checkQuit(t, pidfd, p, start)
 		})
 		t.Run("process/"+mode, func(t *testing.T) {
-			target := sb.Start(t, sb.HostNS, "unshare", "--net", "sleep", "60")
-			pid := target.Cmd.Process.Pid
-			waitOwnNetns(t, pid)
-			pidfd, p := startAttached(t, sb, bg, strconv.Itoa(pid))
-			start := time.Now()
-			target.Kill()
-			checkQuit(t, pidfd, p, start)
+			quitWithin(t, func(bin string) time.Duration {
+				target := sb.Start(t, sb.HostNS, "unshare", "--net", "sleep", "60")
+				pid := target.Cmd.Process.Pid
+				waitOwnNetns(t, pid)
+				pidfd, p := startAttached(t, sb, bin, bg, strconv.Itoa(pid))
+				start := time.Now()
+				target.Kill()
+				return checkQuit(t, pidfd, p, start)
+			})
 		})
+	}
+}
+
+// quitWithin runs one case (attach, remove the namespace, time the exit)
+// on gopasstPlain until an exit comes within netnsQuitLimit, at most
+// netnsQuitTries times, and, in a race build, once more on the race
+// binary, whose exit must come within netnsQuitRaceLimit.
+func quitWithin(t *testing.T, run func(bin string) time.Duration) {
+	t.Helper()
+	var took []time.Duration
+	for len(took) < netnsQuitTries {
+		d := run(gopasstPlain)
+		took = append(took, d)
+		if d <= netnsQuitLimit {
+			break
+		}
+	}
+	if best := slices.Min(took); best > netnsQuitLimit {
+		t.Errorf("pasta took %v to exit (best of %v), want less than %v", best, took, netnsQuitLimit)
+	}
+	if raceBuild {
+		if d := run(gopasst); d > netnsQuitRaceLimit {
+			t.Errorf("race build: pasta took %v to exit, want less than %v", d, netnsQuitRaceLimit)
+		}
 	}
 }
 
@@ -99,7 +130,7 @@ func waitOwnNetns(t *testing.T, pid int) {
 // with -f) and returns a pidfd on the process that serves the namespace
 // once it is ready: sandboxed, so that it watches the namespace. p is
 // the foreground process, nil in the background.
-func startAttached(t *testing.T, sb *sandbox.Sandbox, bg bool, target ...string) (int, *sandbox.Proc) {
+func startAttached(t *testing.T, sb *sandbox.Sandbox, bin string, bg bool, target ...string) (int, *sandbox.Proc) {
 	t.Helper()
 	args := []string{"pasta", "--config-net"}
 	var pidFile string
@@ -111,7 +142,7 @@ func startAttached(t *testing.T, sb *sandbox.Sandbox, bg bool, target ...string)
 	}
 	// A race build sleeps for a second at exit (atexit_sleep_ms), unless told otherwise.
 	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
-	p := sb.Start(t, sb.HostNS, "env", append([]string{"GORACE=" + gorace, gopasst}, append(args, target...)...)...)
+	p := sb.Start(t, sb.HostNS, "env", append([]string{"GORACE=" + gorace, bin}, append(args, target...)...)...)
 	pid := p.Cmd.Process.Pid
 	if bg {
 		// The parent exits once the daemon is ready (sandboxed).
@@ -143,9 +174,10 @@ func startAttached(t *testing.T, sb *sandbox.Sandbox, bg bool, target ...string)
 	return pidfd, p
 }
 
-// checkQuit waits for the process behind pidfd to exit and checks it did
-// so soon enough after start, and with status 0 in the foreground.
-func checkQuit(t *testing.T, pidfd int, p *sandbox.Proc, start time.Time) {
+// checkQuit waits for the process behind pidfd to exit and returns how
+// long after start it did; in the foreground it checks the exit status
+// and the log too.
+func checkQuit(t *testing.T, pidfd int, p *sandbox.Proc, start time.Time) time.Duration {
 	t.Helper()
 	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
 	for {
@@ -167,9 +199,6 @@ func checkQuit(t *testing.T, pidfd int, p *sandbox.Proc, start time.Time) {
 	}
 	took := time.Since(start)
 	t.Logf("pasta exited %v after the namespace went away", took.Round(100*time.Microsecond))
-	if limit := netnsQuitLimit(); took > limit {
-		t.Errorf("pasta took %v to exit, want less than %v", took, limit)
-	}
 	if p != nil {
 		code, err := p.Wait(5 * time.Second)
 		if err != nil || code != 0 {
@@ -182,4 +211,5 @@ func checkQuit(t *testing.T, pidfd int, p *sandbox.Proc, start time.Time) {
 			t.Errorf("data race in gopasst:\n%s", p.Stderr())
 		}
 	}
+	return took
 }

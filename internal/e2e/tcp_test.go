@@ -74,13 +74,20 @@ const tcpPcapEnv = "GOPASST_E2E_TCP_PCAP"
 // the check for data races) on t.
 func startTCPNS(t *testing.T, sb *sandbox.Sandbox, args ...string) *tcpNS {
 	t.Helper()
+	return startTCPNSPrefix(t, sb, nil, args...)
+}
+
+// startTCPNSPrefix is startTCPNS with gopasst's command line wrapped in
+// prefix (e.g. env VAR=VALUE).
+func startTCPNSPrefix(t *testing.T, sb *sandbox.Sandbox, prefix []string, args ...string) *tcpNS {
+	t.Helper()
 	if dir := os.Getenv(tcpPcapEnv); dir != "" {
 		name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
 		file := filepath.Join(dir, fmt.Sprintf("%s-%d.pcap", name, time.Now().UnixNano()))
 		args = append([]string{"--pcap", file}, args...)
 		t.Logf("gopasst captures to %s", file)
 	}
-	g := startGP(t, sb, gopasst, nil, args, "echo up; exec sleep 1000")
+	g := startGP(t, sb, gopasst, prefix, args, "echo up; exec sleep 1000")
 	g.p.WaitLine(t, "up", 20*time.Second)
 	n := &tcpNS{p: g.p, gpid: g.pid, sb: sb, pid: nsPID(t, g.p)}
 	t.Cleanup(func() { stopPasta(t, g.p, n.pid) })

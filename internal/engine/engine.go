@@ -6,10 +6,9 @@
 //
 // # Theory of operation
 //
-// Two goroutines move all traffic, one per direction, so the two directions
-// use both cores:
+// Two paths move all traffic:
 //
-//   - the tap reader ([Engine.Run]) takes a batch of frames per wake-up,
+//   - the tap reader takes a batch of frames per wake-up,
 //     parses each once (package packet), learns the guest's MAC and
 //     addresses from them (package fwd), answers ARP and NDP (package l2)
 //     and DHCP and DHCPv6 (package dhcp) on the spot, reassembles IP
@@ -24,15 +23,25 @@
 // Everything a protocol needs comes in an [Env]: the forwarding rules and
 // what is known of the guest (package fwd), the one flow table of all
 // protocols (package flow, bounded by --max-flows), the loop, and one
-// guest writer (package toguest) for each goroutine. Forwarding rules of
+// guest writer (package toguest) for each path. Forwarding rules of
 // every protocol go through one add/remove API ([Engine.AddForward]),
 // which the command line, "auto" and a control socket all use.
 //
-// Each goroutine waits in poll(2) or epoll_wait(2) on its own thread
-// (package yield tells why). Handing a batch from the tap reader to a
-// third goroutine, to read the next batch while the first goes out, was
-// measured and left out: on two cores shared with the sender and the
-// receiver it lost 10-30% of the tap goodput to the hand-off.
+// Threads. An endpoint an event loop can wait on ([tap.Pollable]: pasta's
+// tap device) is one more registration of the host event loop, so a single
+// thread runs both paths, as the reference's single loop does: a guest's
+// request and the host's answer then cost one thread's wake-ups, not a
+// hand-over between two. Measured against a tap reader of its own
+// (GOPASST_THREADS=2 in the environment keeps that, for comparison): ping
+// to the gateway 2-3 times faster at the median, TCP connection rate
+// 1.6-2.2 times, request/response 1.0-1.3 times, bulk goodput and CPU per
+// GB level (2 cores, shared with the sender and the receiver). Other
+// endpoints (passt's qemu socket) keep their reader goroutine beside the
+// loop. Each waits in poll(2) or epoll_wait(2) on its own thread (package
+// yield tells why). Handing a batch from the tap reader to a third
+// goroutine, to read the next batch while the first goes out, was
+// measured and left out: on two cores it lost 10-30% of the tap goodput
+// to the hand-off.
 //
 // A frame that fails parsing is counted by reason and dropped; nothing a
 // guest sends can stop either loop.
@@ -43,6 +52,9 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/gopasst/gopasst/internal/dhcp"
 	"github.com/gopasst/gopasst/internal/evloop"
@@ -89,6 +101,14 @@ type Engine struct {
 
 	// byProto is the protocol of each IP protocol number, byFwd the one
 	// of each forwarding protocol; protos lists them once each.
+	// splitReader keeps a tap reader goroutine even for a Pollable
+	// endpoint (GOPASST_THREADS=2, for comparison).
+	splitReader bool
+	// single is set while both directions run on the loop's thread.
+	single atomic.Bool
+	// closing is set by Close.
+	closing atomic.Bool
+
 	byProto [256]*served
 	byFwd   [fwd.NumProtos]*served
 	protos  []*served
@@ -178,6 +198,9 @@ func (e *Engine) OwnInodes() map[uint64]bool {
 // closed or fails; then it stops the loop and releases every protocol's
 // sockets. It returns nil after Close.
 func (e *Engine) Run() error {
+	if p, ok := e.EP.(tap.Pollable); ok && !e.splitReader {
+		return e.runOne(p)
+	}
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
 	wg.Add(1)
@@ -203,6 +226,43 @@ func (e *Engine) Run() error {
 			err = lerr
 		}
 	default:
+	}
+	return err
+}
+
+// runOne serves both directions on the event loop's thread: the
+// endpoint's descriptor is one more registration of the loop, whose
+// handler reads what is there and hands it on.
+func (e *Engine) runOne(p tap.Pollable) error {
+	r := e.newReader()
+	var rerr error
+	kind := e.Loop.Register("tap", evloop.HandlerFunc(func(_ evloop.Ref, _ uint32) {
+		n, err := p.ReadReady(r.bufs, r.lens)
+		if err != nil {
+			if rerr == nil && !errors.Is(err, tap.ErrClosed) {
+				rerr = fmt.Errorf("reading from guest: %w", err)
+			}
+			e.Loop.Del(p.PollFd())
+			e.Loop.Close()
+			return
+		}
+		if n > 0 {
+			r.handle(n)
+		}
+	}))
+	if err := e.Loop.Add(p.PollFd(), unix.EPOLLIN, evloop.Ref{Kind: kind}); err != nil {
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	e.single.Store(true)
+	if e.closing.Load() {
+		e.Loop.Close()
+	}
+	err := e.Loop.Run()
+	for _, sv := range e.protos {
+		sv.h.Release()
+	}
+	if err == nil {
+		err = rerr
 	}
 	return err
 }
@@ -251,7 +311,11 @@ func (e *Engine) seeAddr(a netip.Addr) {
 
 // Close stops Run.
 func (e *Engine) Close() {
+	e.closing.Store(true)
 	e.EP.Close()
+	if e.single.Load() {
+		e.Loop.Close()
+	}
 }
 
 // toProtocol queues p, a packet for a host socket, for its protocol, or
@@ -281,65 +345,85 @@ func isNDP(p *packet.Parsed) bool {
 	return t >= 133 && t <= 137
 }
 
-func (e *Engine) readLoop() error {
-	bufs := make([][]byte, Batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, MaxFrame)
+// reader is the tap reader's state: its buffers, the parse results of a
+// batch and the scratch for answers.
+type reader struct {
+	e      *Engine
+	bufs   [][]byte
+	lens   []int
+	parsed []packet.Parsed
+	reply  []byte
+	seg    tap.Segmenter
+}
+
+func (e *Engine) newReader() *reader {
+	r := &reader{e: e, bufs: make([][]byte, Batch), lens: make([]int, Batch),
+		parsed: make([]packet.Parsed, Batch), reply: make([]byte, 2048)}
+	for i := range r.bufs {
+		r.bufs[i] = make([]byte, MaxFrame)
 	}
-	lens := make([]int, Batch)
-	parsed := make([]packet.Parsed, Batch)
 	for _, sv := range e.protos {
 		sv.batch = make([]*packet.Parsed, 0, Batch)
 	}
-	reply := make([]byte, 2048)
-	seg, _ := e.EP.(tap.Segmenter)
+	r.seg, _ = e.EP.(tap.Segmenter)
+	return r
+}
+
+func (e *Engine) readLoop() error {
+	r := e.newReader()
 	for {
-		n, err := e.EP.ReadBatch(bufs, lens)
+		n, err := e.EP.ReadBatch(r.bufs, r.lens)
 		if err != nil {
 			return fmt.Errorf("reading from guest: %w", err)
 		}
-		e.Stats.TapRxFrames.Add(uint64(n))
-		for i := 0; i < n; i++ {
-			p := &parsed[i]
-			if d := packet.Parse(bufs[i][:lens[i]], p); d != packet.DropNone {
-				e.Stats.DropFrame(d)
-				if log.Enabled(log.LevelTrace) {
-					log.Tracef("dropping frame of %d bytes: %v", lens[i], d)
-				}
-				continue
-			}
-			e.Guest.SeeMAC(p.Src)
-			p.GSOSize, p.CsumPartial = 0, false
-			if seg != nil {
-				p.GSOSize, p.CsumPartial = seg.SegmentSize(i), seg.ChecksumPartial(i)
-			}
-			if p.Fragment {
-				if whole := e.fragment(p); whole != nil {
-					e.toProtocol(whole, false)
-				}
-				continue
-			}
-			switch {
-			case p.EtherType == packet.EtherTypeARP:
-				if e.IPv4 {
-					e.reply(e.L2.Handle(p, reply), reply)
-				}
-			case p.EtherType == packet.EtherTypeIPv4 && !e.IPv4, p.EtherType == packet.EtherTypeIPv6 && !e.IPv6:
-				e.Stats.Drop(stats.DropUnsupported)
-			case p.Proto == packet.ProtoUDP && e.DHCP != nil && dhcp.IsRequest(p):
-				e.reply(e.DHCP.Handle(p, reply), reply)
-			case p.Proto == packet.ProtoICMPv6 && isNDP(p):
-				e.reply(e.L2.Handle(p, reply), reply)
-			default:
-				e.toProtocol(p, true)
-			}
-		}
-		for _, sv := range e.protos {
-			if len(sv.batch) > 0 {
-				sv.h.HandleTap(sv.batch)
-				sv.batch = sv.batch[:0]
-			}
-		}
-		e.Frag.Release()
+		r.handle(n)
 	}
+}
+
+// handle takes the batch of n frames just read.
+func (r *reader) handle(n int) {
+	e, bufs, lens, parsed, reply, seg := r.e, r.bufs, r.lens, r.parsed, r.reply, r.seg
+	e.Stats.TapRxFrames.Add(uint64(n))
+	for i := 0; i < n; i++ {
+		p := &parsed[i]
+		if d := packet.Parse(bufs[i][:lens[i]], p); d != packet.DropNone {
+			e.Stats.DropFrame(d)
+			if log.Enabled(log.LevelTrace) {
+				log.Tracef("dropping frame of %d bytes: %v", lens[i], d)
+			}
+			continue
+		}
+		e.Guest.SeeMAC(p.Src)
+		p.GSOSize, p.CsumPartial = 0, false
+		if seg != nil {
+			p.GSOSize, p.CsumPartial = seg.SegmentSize(i), seg.ChecksumPartial(i)
+		}
+		if p.Fragment {
+			if whole := e.fragment(p); whole != nil {
+				e.toProtocol(whole, false)
+			}
+			continue
+		}
+		switch {
+		case p.EtherType == packet.EtherTypeARP:
+			if e.IPv4 {
+				e.reply(e.L2.Handle(p, reply), reply)
+			}
+		case p.EtherType == packet.EtherTypeIPv4 && !e.IPv4, p.EtherType == packet.EtherTypeIPv6 && !e.IPv6:
+			e.Stats.Drop(stats.DropUnsupported)
+		case p.Proto == packet.ProtoUDP && e.DHCP != nil && dhcp.IsRequest(p):
+			e.reply(e.DHCP.Handle(p, reply), reply)
+		case p.Proto == packet.ProtoICMPv6 && isNDP(p):
+			e.reply(e.L2.Handle(p, reply), reply)
+		default:
+			e.toProtocol(p, true)
+		}
+	}
+	for _, sv := range e.protos {
+		if len(sv.batch) > 0 {
+			sv.h.HandleTap(sv.batch)
+			sv.batch = sv.batch[:0]
+		}
+	}
+	e.Frag.Release()
 }

@@ -91,6 +91,24 @@ func (d *Device) ReadBatch(bufs [][]byte, lens []int) (int, error) {
 	}
 }
 
+// PollFd implements Pollable.
+func (d *Device) PollFd() int { return d.fd }
+
+// ReadReady implements Pollable.
+func (d *Device) ReadReady(bufs [][]byte, lens []int) (int, error) {
+	if d.closed.Load() {
+		return 0, ErrClosed
+	}
+	if len(lens) < len(bufs) {
+		bufs = bufs[:len(lens)]
+	}
+	n, err := d.fill(bufs, lens)
+	if n > 0 {
+		err = nil
+	}
+	return n, err
+}
+
 // fill reads frames into bufs until the device is empty (setting
 // mustPoll) or the batch is full. An error after some frames is left for
 // the next read to report.

@@ -13,7 +13,9 @@
 // yields many frames. The descriptor is non-blocking; a reader with
 // nothing to read waits in poll(2) on its own thread, beside an eventfd
 // that Close makes readable (package yield tells why not in the Go
-// runtime's poller).
+// runtime's poller). A Device is also [Pollable]: the engine's event loop
+// can wait for its descriptor among the host sockets and take the frames
+// with [Device.ReadReady], so that one thread serves both directions.
 //
 // Offloads. Opened with a virtio-net header ([NewVnetDevice]), the tap
 // can carry UDP segmentation offload (USO, Linux 6.2 and later): the
@@ -47,4 +49,16 @@ type Endpoint interface {
 	WriteFrame(frame []byte) error
 	// Close releases the endpoint and wakes a blocked ReadBatch.
 	Close() error
+}
+
+// Pollable is an endpoint whose reads an event loop can drive: it waits
+// for PollFd to be readable (epoll, level-triggered) and then takes what
+// is there with ReadReady, so that one thread serves both directions.
+type Pollable interface {
+	// PollFd is the descriptor that is readable when frames wait.
+	PollFd() int
+	// ReadReady reads the frames that are there, without waiting, as
+	// ReadBatch does: 0 and no error when there are none, ErrClosed
+	// after Close.
+	ReadReady(bufs [][]byte, lens []int) (int, error)
 }

@@ -87,6 +87,7 @@
 // window, or a SYN on an open connection, gets a challenge ACK (RFC 5961).
 // New connections count against --max-flows with every other flow.
 //
-// Both goroutines of the engine (the tap reader and the host loop) hold
-// the flow table's lock while they touch a connection.
+// Both paths of the engine (the tap reader and the host loop, on one
+// thread or two, see package engine) hold the flow table's lock while they
+// touch a connection.
 package tcp

@@ -4,9 +4,9 @@
 //
 // # Theory of operation
 //
-// A [Writer] belongs to one goroutine (the host event loop has one, the tap
-// reader another), so its queue and scratch buffers need no lock; the
-// endpoint below takes writes from both.
+// A [Writer] belongs to one path (the host event loop has one, the tap
+// reader another), used by one goroutine at a time, so its queue and
+// scratch buffers need no lock; the endpoint below takes writes from both.
 //
 //   - Frames are queued ([Writer.Queue]) and written together by
 //     [Writer.Flush]: with one system call where the endpoint takes

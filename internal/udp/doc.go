@@ -54,8 +54,10 @@
 // quoting the datagram as the guest sent it, so a connected socket in the
 // guest sees ECONNREFUSED (see icmp_linux.go).
 //
-// Concurrency. The tap reader and the epoll loop run on their own
-// goroutines and share the flow table under one mutex, taken once per batch.
+// Concurrency. The tap reader and the epoll loop may run on goroutines of
+// their own (passt's qemu socket; pasta's tap runs both on the loop's
+// thread, see package engine) and share the flow table under one mutex,
+// taken once per batch.
 // Only the epoll loop closes sockets and frees flows (expiry runs there), so
 // it may use a flow's socket outside the lock once it has checked, under the
 // lock, that its event still names a live flow; the tap reader sends under

@@ -121,11 +121,15 @@ func (h *harness) run() {
 		{"remote peer 198.51.100.1", sb.WorldNS, remote4, host4},
 		{"remote peer 2001:db8:1::1", sb.WorldNS, remote6, host6},
 	}
-	for i, f := range froms {
+	// The container runs one UDP echo server per family, started at
+	// once: the first datagram of each family may come before its
+	// server is bound, and waits for it.
+	ready := map[bool]bool{}
+	for _, f := range froms {
 		dst := netip.AddrPortFrom(f.dst, udpPort)
 		wait := time.Duration(0)
-		if i == 0 {
-			wait = 5 * time.Second
+		if !ready[f.dst.Is4()] {
+			ready[f.dst.Is4()], wait = true, 5*time.Second
 		}
 		err := retry(wait, func() error { return udpEcho(f.ns, f.src, dst) })
 		h.record(fmt.Sprintf("UDP -p %d/udp from %s to %s", udpPort, f.what, dst), err, "echoed")

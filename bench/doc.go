@@ -179,7 +179,10 @@
 //     counts the bytes that arrive equal to the pattern at their offset
 //     in the stream (a connection whose stream goes wrong counts as bad,
 //     and fails the trial). Also the translator's CPU time per GB of it
-//     (milliseconds, measured as for UDP), and the peak RSS.
+//     (milliseconds, measured as for UDP), its wake-ups per MB (how often
+//     its threads blocked: voluntary context switches summed over
+//     /proc/PID/task/*/status, one per wait in epoll_wait, poll or a
+//     futex that found nothing ready), and the peak RSS.
 //     tcp/PATH/ipv4/goodput-4conn, both tap paths: the same over four
 //     connections at once, each its own stream checked from its start;
 //     the sink must have accepted all four.

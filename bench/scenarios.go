@@ -245,13 +245,14 @@ type window struct {
 	sink      Counters
 	send      Counters
 	cpu       float64
+	sleeps    uint64 // the translator's blocking waits (Instance.Sleeps)
 	tap, drop uint64
 }
 
 // snapshot reads the translator's CPU time, the tap counters and the
 // sink's and (if not nil) the sender's counters.
 func (b *Bench) snapshot(in *Instance, sink, send *LoadProc) (window, error) {
-	w := window{at: time.Now(), cpu: in.CPU()}
+	w := window{at: time.Now(), cpu: in.CPU(), sleeps: in.Sleeps()}
 	w.tap, w.drop = in.TapBytes()
 	var err error
 	if w.sink, err = sink.Snap(); err != nil {

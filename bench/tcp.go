@@ -32,6 +32,7 @@ const (
 const (
 	secTCPGoodput = secRSS + 1 + iota
 	secTCPPerCPU
+	secTCPSleeps
 	secTCPRR
 	secTCPConn
 	secTCPRSS
@@ -212,6 +213,10 @@ func (b *Bench) tcpGoodput(ctx context.Context, in *Instance, t *Trial, p Path, 
 	t.add(secTCPGoodput, "TCP goodput, "+label, "Mbit/s ↑", float64(t.Moved)*8/m.secs()/1e6)
 	if t.Moved > 0 && m.cpu() > 0 {
 		t.add(secTCPPerCPU, "TCP translator CPU time per GB, "+label, "ms/GB ↓", m.cpu()*1e3/(float64(t.Moved)/1e9))
+	}
+	if t.Moved > 0 {
+		t.add(secTCPSleeps, "TCP translator wake-ups per MB (blocking waits of its threads), "+label, "1/MB ↓",
+			float64(m.w1.sleeps-m.w0.sleeps)/(float64(t.Moved)/1e6))
 	}
 	t.add(secTCPRSS, "Peak RSS under TCP load (largest of the TCP goodput trials)", "MiB ↓", m.rss)
 	t.Metrics[len(t.Metrics)-1].MaxPerRep = true

@@ -478,6 +478,31 @@ func processCPUClock(pid int) (int64, error) {
 	return ts.Nano(), nil
 }
 
+// Sleeps returns how often the translator's threads have blocked so far
+// (voluntary context switches, summed over every thread of its
+// processes): each wait in epoll_wait, poll or a futex that found
+// nothing ready is one, so per byte moved it counts the wake-ups the
+// data cost.
+func (in *Instance) Sleeps() uint64 {
+	var n uint64
+	for _, pid := range in.scan() {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			for _, l := range strings.Split(string(b), "\n") {
+				if v, ok := strings.CutPrefix(l, "voluntary_ctxt_switches:"); ok {
+					c, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+					n += c
+				}
+			}
+		}
+	}
+	return n
+}
+
 // RSS returns the peak resident set size (VmHWM) of the translator's
 // processes, summed, in MiB.
 func (in *Instance) RSS() float64 {

@@ -213,7 +213,7 @@ func run(cmd *exec.Cmd) error {
 // translator itself (its CPU time, its memory), which a kernel baseline
 // does not have: the table shows "—" there in the baselines' columns.
 func translatorCost(section int) bool {
-	return slices.Contains([]int{secPerCPU, secFlows, secRSS, secTCPPerCPU, secTCPRSS}, section)
+	return slices.Contains([]int{secPerCPU, secFlows, secRSS, secTCPPerCPU, secTCPSleeps, secTCPRSS}, section)
 }
 
 // dropCosts removes from a kernel baseline's trial the metrics of the

@@ -98,12 +98,9 @@ func (b *Bench) ping(_ context.Context, in *Instance, t *Trial, f Family) error 
 	if err != nil {
 		return err
 	}
-	if err := in.Err(); err != nil {
+	if err := t.ended(in, tap0, res.Bytes); err != nil {
 		return err
 	}
-	tap1, _ := in.TapBytes()
-	t.Moved = res.Bytes
-	t.TapBytes = tap1 - tap0
 	t.checkVia(res.Bytes)
 	// The host namespace must have answered every echo itself (on its
 	// loopback, or the veth pair's end); a translator that sends the

@@ -80,6 +80,17 @@ func (t *Trial) note(format string, args ...any) {
 	t.Note += fmt.Sprintf(format, args...)
 }
 
+// ended records, once a trial's load has stopped, the payload it moved
+// and the tap bytes since tap0, or returns the translator's failure.
+func (t *Trial) ended(in *Instance, tap0, moved uint64) error {
+	if err := in.Err(); err != nil {
+		return err
+	}
+	tap1, _ := in.TapBytes()
+	t.Moved, t.TapBytes = moved, tap1-tap0
+	return nil
+}
+
 // checkVia sets ViaBytes to payload and ViaOK from it and TapBytes:
 // frames on the tap carry the payload plus headers, so a tap path shows at
 // least as many tap bytes as payload bytes; splice shows almost none
@@ -513,12 +524,9 @@ func (b *Bench) requestResponse(_ context.Context, in *Instance, t *Trial, p Pat
 	if _, err := echo.Stop(); err != nil {
 		return err
 	}
-	if err := in.Err(); err != nil {
+	if err := t.ended(in, tap0, res.Bytes); err != nil {
 		return err
 	}
-	t.Moved = res.Bytes
-	tap1, _ := in.TapBytes()
-	t.TapBytes = tap1 - tap0
 	t.checkVia(t.Moved)
 	if res.Lost > 0 || res.Bad > 0 {
 		t.note("%d requests lost, %d stale answers", res.Lost, res.Bad)

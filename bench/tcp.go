@@ -253,12 +253,9 @@ func (b *Bench) tcpRR(_ context.Context, in *Instance, t *Trial, p Path, f Famil
 	if _, err := echo.Stop(); err != nil {
 		return err
 	}
-	if err := in.Err(); err != nil {
+	if err := t.ended(in, tap0, res.Bytes); err != nil {
 		return err
 	}
-	tap1, _ := in.TapBytes()
-	t.Moved = res.Bytes
-	t.TapBytes = tap1 - tap0
 	// Every transaction, warm-up included, is at least a request and an
 	// answer segment on the tap.
 	t.checkVia(res.Msgs * 2 * tcpFrameMin)

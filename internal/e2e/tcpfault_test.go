@@ -126,6 +126,22 @@ func helperNet(addr string) (string, error) {
 	return "tcp6", nil
 }
 
+// helperDial connects a helper to addr, of the family the address says,
+// and prints "connected LOCALADDR" for the test.
+func helperDial(addr string) (*net.TCPConn, error) {
+	nw, err := helperNet(addr)
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.DialTimeout(nw, addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	tc := c.(*net.TCPConn)
+	fmt.Println("connected", tc.LocalAddr())
+	return tc, nil
+}
+
 // rcvbufCtl sets SO_RCVBUF to n before a socket listens or connects (0:
 // leaves it).
 func rcvbufCtl(n int) func(string, string, syscall.RawConn) error {
@@ -268,38 +284,23 @@ func helperStream(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	nw, err := helperNet(*to)
+	tc, err := helperDial(*to)
 	if err != nil {
 		return err
 	}
-	c, err := net.DialTimeout(nw, *to, 5*time.Second)
-	if err != nil {
-		return err
-	}
-	tc := c.(*net.TCPConn)
 	defer tc.Close()
-	fmt.Println("connected", tc.LocalAddr())
 	h := sha256.New()
 	chunk := make([]byte, 16<<10)
 	var r streamResult
-	start := time.Now()
-	lastProgress, lastPrint, lastStat := start, start, start
+	pace := newPacedLoop(*stop, float64(*rate))
+	lastProgress := pace.start
 	stopped := false
 	for !stopped {
-		now := time.Now()
-		if now.Sub(lastPrint) >= 200*time.Millisecond {
-			fmt.Printf("progress %d %d\n", now.UnixMilli(), r.Sent)
-			lastPrint = now
+		now, end, ahead := pace.step(r.Sent)
+		if end {
+			break
 		}
-		if now.Sub(lastStat) >= 20*time.Millisecond {
-			lastStat = now
-			if _, err := os.Stat(*stop); err == nil {
-				break
-			}
-		}
-		// Keep to the rate.
-		if due := start.Add(time.Duration(float64(r.Sent) / float64(*rate) * float64(time.Second))); due.After(now) {
-			time.Sleep(min(due.Sub(now), 20*time.Millisecond))
+		if ahead {
 			continue
 		}
 		pattern.Fill(chunk, *seed, uint64(r.Sent))
@@ -573,6 +574,12 @@ type bystander struct {
 	sink       *sandbox.Proc
 	stop       string
 	start, end time.Time
+	// known, when set, names a known bug that may make this
+	// bystander fail: finish then logs what went wrong instead of
+	// failing the test.
+	known string
+	// knownHit says the known bug struck.
+	knownHit bool
 }
 
 // startBystander starts a bystander at rate bytes a second.
@@ -626,19 +633,27 @@ func (b *bystander) finish(maxStall time.Duration) streamResult {
 	if err := json.Unmarshal([]byte(line), &r); err != nil {
 		t.Fatalf("bystander: %v: %q", err, line)
 	}
+	fail := t.Errorf
+	if b.known != "" {
+		fail = func(format string, args ...any) {
+			b.knownHit = true
+			t.Logf("KNOWN BUG (%s), not failing the test: "+format, append([]any{b.known}, args...)...)
+		}
+	}
 	sr := finish(b.sink, 20*time.Second)
 	var s serveResult
 	if err := jsonLine(sr.stdout, `{"conn"`, &s); err != nil {
-		t.Fatalf("bystander's sink: %v\n%s", err, sr)
+		fail("bystander's sink: %v\n%s", err, sr)
+		return r
 	}
 	switch {
 	case r.Err != "" || r.Aborted:
-		t.Errorf("bystander: %+v", r)
+		fail("bystander: %+v", r)
 	case !s.OK || s.Received != r.Sent || s.SHA256Received != r.SHA256Sent:
-		t.Errorf("bystander: sent %d bytes (SHA-256 %.16s), the sink received %d (%.16s), ok %v, bad byte at %d, err %q",
+		fail("bystander: sent %d bytes (SHA-256 %.16s), the sink received %d (%.16s), ok %v, bad byte at %d, err %q",
 			r.Sent, r.SHA256Sent, s.Received, s.SHA256Received, s.OK, s.BadAt, s.Err)
 	case time.Duration(r.MaxStallMs*float64(time.Millisecond)) > maxStall:
-		t.Errorf("bystander stalled for %.0f ms, more than %v", r.MaxStallMs, maxStall)
+		fail("bystander stalled for %.0f ms, more than %v", r.MaxStallMs, maxStall)
 	}
 	return r
 }
@@ -868,3 +883,40 @@ func TestTCPNamespaceGone(t *testing.T) {
 
 // ms is d in milliseconds.
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// pacedLoop keeps a helper's transfer loop to a rate of bytes per
+// second, prints "progress UNIXMS BYTES" every 200 ms for the test to
+// follow, and looks every 20 ms for the file whose appearance ends it.
+type pacedLoop struct {
+	stop                       string
+	rate                       float64
+	start, lastPrint, lastStat time.Time
+}
+
+func newPacedLoop(stop string, rate float64) *pacedLoop {
+	now := time.Now()
+	return &pacedLoop{stop: stop, rate: rate, start: now, lastPrint: now, lastStat: now}
+}
+
+// step is called at the top of each round with the bytes moved so far.
+// It returns the time, whether the stop file has appeared (end), and
+// whether the loop is ahead of its rate: then step has slept a little
+// and the round should start again.
+func (p *pacedLoop) step(done int64) (now time.Time, end, ahead bool) {
+	now = time.Now()
+	if now.Sub(p.lastPrint) >= 200*time.Millisecond {
+		fmt.Printf("progress %d %d\n", now.UnixMilli(), done)
+		p.lastPrint = now
+	}
+	if now.Sub(p.lastStat) >= 20*time.Millisecond {
+		p.lastStat = now
+		if _, err := os.Stat(p.stop); err == nil {
+			return now, true, false
+		}
+	}
+	if due := p.start.Add(time.Duration(float64(done) / p.rate * float64(time.Second))); due.After(now) {
+		time.Sleep(min(due.Sub(now), 20*time.Millisecond))
+		return now, false, true
+	}
+	return now, false, false
+}

@@ -191,35 +191,20 @@ func helperEchoer(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	nw, err := helperNet(*to)
+	tc, err := helperDial(*to)
 	if err != nil {
 		return err
 	}
-	c, err := net.DialTimeout(nw, *to, 5*time.Second)
-	if err != nil {
-		return err
-	}
-	tc := c.(*net.TCPConn)
 	defer tc.Close()
-	fmt.Println("connected", tc.LocalAddr())
 	var r echoerResult
 	out, in := make([]byte, *chunk), make([]byte, *chunk)
-	start := time.Now()
-	lastPrint, lastStat := start, start
+	pace := newPacedLoop(*stop, float64(*rate))
 	for r.Err == "" {
-		now := time.Now()
-		if now.Sub(lastPrint) >= 200*time.Millisecond {
-			fmt.Printf("progress %d %d\n", now.UnixMilli(), r.Echoed)
-			lastPrint = now
+		now, end, ahead := pace.step(r.Echoed)
+		if end {
+			break
 		}
-		if now.Sub(lastStat) >= 20*time.Millisecond {
-			lastStat = now
-			if _, err := os.Stat(*stop); err == nil {
-				break
-			}
-		}
-		if due := start.Add(time.Duration(float64(r.Echoed) / float64(*rate) * float64(time.Second))); due.After(now) {
-			time.Sleep(min(due.Sub(now), 20*time.Millisecond))
+		if ahead {
 			continue
 		}
 		pattern.Fill(out, 1, uint64(r.Echoed))

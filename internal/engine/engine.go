@@ -40,9 +40,10 @@
 // yet: under a SYN flood that exhausts the descriptors, another
 // connection's data from the guest has stalled for up to 30 s (the e2e
 // test TestTCPSynFlood) in 5 of 9 runs with it and in 2 of 7 without, a
-// bug not found yet that it makes likelier. Handing a batch from the tap reader to a third goroutine, to read
-// the next batch while the first goes out, was measured and left out: on
-// two cores it lost 10-30% of the tap goodput to the hand-off.
+// bug not found yet that it makes likelier. Handing a batch from the tap
+// reader to a third goroutine, to read the next batch while the first
+// goes out, was measured and left out: on two cores it lost 10-30% of
+// the tap goodput to the hand-off.
 //
 // A frame that fails parsing is counted by reason and dropped; nothing a
 // guest sends can stop either loop.
@@ -53,7 +54,6 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -100,16 +100,12 @@ type Engine struct {
 	// time-exceeded comes from.
 	Router4, Router6 netip.Addr
 
-	// byProto is the protocol of each IP protocol number, byFwd the one
-	// of each forwarding protocol; protos lists them once each.
 	// oneThread runs a Pollable endpoint's reads on the loop's thread
 	// (GOPASST_THREADS=1, experimental: see the package documentation).
 	oneThread bool
-	// single is set while both directions run on the loop's thread.
-	single atomic.Bool
-	// closing is set by Close.
-	closing atomic.Bool
 
+	// byProto is the protocol of each IP protocol number, byFwd the one
+	// of each forwarding protocol; protos lists them once each.
 	byProto [256]*served
 	byFwd   [fwd.NumProtos]*served
 	protos  []*served
@@ -199,7 +195,7 @@ func (e *Engine) OwnInodes() map[uint64]bool {
 // closed or fails; then it stops the loop and releases every protocol's
 // sockets. It returns nil after Close.
 func (e *Engine) Run() error {
-	if p, ok := e.EP.(tap.Pollable); ok && e.oneThread {
+	if p, ok := e.onLoop(); ok {
 		return e.runOne(p)
 	}
 	var wg sync.WaitGroup
@@ -231,6 +227,12 @@ func (e *Engine) Run() error {
 	return err
 }
 
+// onLoop returns the endpoint if the loop's thread reads it too.
+func (e *Engine) onLoop() (tap.Pollable, bool) {
+	p, ok := e.EP.(tap.Pollable)
+	return p, ok && e.oneThread
+}
+
 // runOne serves both directions on the event loop's thread: the
 // endpoint's descriptor is one more registration of the loop, whose
 // handler reads what is there and hands it on.
@@ -253,10 +255,6 @@ func (e *Engine) runOne(p tap.Pollable) error {
 	}))
 	if err := e.Loop.Add(p.PollFd(), unix.EPOLLIN, evloop.Ref{Kind: kind}); err != nil {
 		return fmt.Errorf("epoll_ctl: %w", err)
-	}
-	e.single.Store(true)
-	if e.closing.Load() {
-		e.Loop.Close()
 	}
 	err := e.Loop.Run()
 	for _, sv := range e.protos {
@@ -312,10 +310,9 @@ func (e *Engine) seeAddr(a netip.Addr) {
 
 // Close stops Run.
 func (e *Engine) Close() {
-	e.closing.Store(true)
 	e.EP.Close()
-	if e.single.Load() {
-		e.Loop.Close()
+	if _, ok := e.onLoop(); ok {
+		e.Loop.Close() // before Run too: Run then returns at once
 	}
 }
 

@@ -38,12 +38,13 @@ const (
 	DropBadSegment                 // TCP segment with a bad header, flags or options
 	DropNoConn                     // TCP segment for no connection (answered with RST unless one)
 	DropOutOfWindow                // TCP segment or RST outside the window
+	DropOutOfOrder                 // TCP segment beyond a hole that could not be held
 	NumReasons                     // number of reasons
 )
 
 var reasonNames = [NumReasons]string{"malformed", "no-flow", "table-full", "socket-error", "tap-write", "multicast", "unmappable",
 	"unsupported", "rate-limited", "fragment", "bad-source", "checksum", "icmp-type", "no-ping-socket",
-	"tcp-bad-segment", "tcp-no-connection", "tcp-out-of-window"}
+	"tcp-bad-segment", "tcp-no-connection", "tcp-out-of-window", "tcp-out-of-order"}
 
 // String names the reason.
 func (r Reason) String() string {
@@ -82,6 +83,7 @@ type Counters struct {
 	FragmentsIn               atomic.Uint64 // IP fragments from the guest
 	Reassembled               atomic.Uint64 // datagrams reassembled from them
 	L2Replies                 atomic.Uint64 // ARP and NDP replies sent
+	TCPHeld                   atomic.Uint64 // the guest's TCP segments held beyond a hole
 
 	Drops     [NumReasons]atomic.Uint64
 	Malformed [packet.NumDrops]atomic.Uint64
@@ -133,6 +135,7 @@ func (c *Counters) String() string {
 	line("tcp segments to tap", tc.ToTap.Load())
 	line("tcp bytes to tap", tc.ToTapBytes.Load())
 	line("tcp retransmits to tap", c.TCPRetransmits.Load())
+	line("tcp segments held out of order", c.TCPHeld.Load())
 	line("tcp resets to tap", c.TCPResets.Load())
 	line("tcp connections created", tc.FlowsCreated.Load())
 	line("tcp connections closed", tc.FlowsExpired.Load())

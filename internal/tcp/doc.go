@@ -2,8 +2,9 @@
 // sockets, the reference's way: the host kernel does the real TCP with the
 // far peer, and gopasst only keeps sequence and acknowledgement numbers
 // towards the guest, advertises a window and retransmits. There is no TCP
-// stack here: no reassembly buffer, no congestion control, no send buffer
-// of our own.
+// stack here: no congestion control, no send buffer of our own, and no
+// reassembly buffer beyond a bounded hold for segments that arrive after a
+// hole.
 //
 // # Theory of operation
 //
@@ -45,9 +46,17 @@
 // nothing below one segment so the guest sends no silly segments; when it
 // is that small, EPOLLOUT on the socket sends the window update, followed
 // by three duplicates of it if the socket had refused data, so that the
-// guest retransmits at once rather than on its timeout. Segments beyond a
-// hole are answered with a duplicate ACK for the hole, as the reference
-// does.
+// guest retransmits at once rather than on its timeout.
+//
+// Out of order. Segments beyond a hole (the namespace's kernel lost some
+// to a full tap queue and retransmits, sending new data beyond as F-RTO
+// does) are answered with a duplicate ACK for the hole, as the reference
+// does, and, unlike the reference, kept: a copy, up to 64 segments and 4
+// MiB per connection and 16 MiB in all (see ooo.go), joins the stream
+// once the hole is filled. Dropping them would leave the guest, which
+// gets no SACK, to find them lost on its next timeout, doubled each time
+// as retransmitted data gives it no RTT sample: one burst of losses on
+// the tap grew into stalls of many seconds.
 //
 // Offloads. On a tap with TSO (TUN_F_TSO4/6), the guest's TCP segments
 // come up to 64 KiB whatever the MTU, and socket data goes to it as GSO

@@ -433,7 +433,17 @@ func (e *Engine) dataFromGuest(c *conn, s *segment) {
 		}
 	}
 	if seq != expected {
-		pd.ack = true // beyond a hole: a duplicate ACK asks for it
+		// Beyond a hole: kept for when the hole is filled, and a
+		// duplicate ACK asks for the hole.
+		pd.ack = true
+		n, ok := c.held.add(seq, pl, fin, expected, heldTotal-e.heldBytes)
+		switch {
+		case !ok:
+			e.st.Drop(stats.DropOutOfOrder)
+		case n != 0 || fin:
+			e.heldBytes += n
+			e.st.TCPHeld.Add(1)
+		}
 		return
 	}
 	if len(pl) > 0 {
@@ -467,6 +477,12 @@ func (e *Engine) flush() {
 		_ = unix.Shutdown(c.fd, unix.SHUT_WR)
 		pd.ack = true
 	}
+	if len(c.held.segs) > 0 {
+		e.heldBytes -= c.held.advance(c.rcvNxt)
+		if c.guestFIN {
+			e.heldBytes -= c.held.release()
+		}
+	}
 	if pd.ack {
 		e.sendAck(e.tw, f, c, false)
 	}
@@ -479,12 +495,38 @@ func (e *Engine) flush() {
 	e.maybeClose(idx, f, c)
 }
 
+// unhold queues the held segments that continue the pending payload
+// (the hole before them filled), FIN included.
+func (e *Engine) unhold(c *conn) {
+	pd := &e.pend
+	expected := c.rcvNxt + uint32(pd.n)
+	for {
+		b, fin := c.held.next(expected)
+		if len(b) > 0 {
+			v := unix.Iovec{Base: &b[0]}
+			v.SetLen(len(b))
+			pd.iov = append(pd.iov, v)
+			pd.n += len(b)
+			expected += uint32(len(b))
+		}
+		if fin {
+			pd.fin = true
+		}
+		if fin || len(b) == 0 {
+			return
+		}
+	}
+}
+
 // flushData writes the pending payload to the socket: what it takes is
 // acknowledged, the rest the guest sends again. It reports false if it
 // freed the connection.
 func (e *Engine) flushData() bool {
 	pd := &e.pend
 	c, f := pd.c, pd.f
+	if len(c.held.segs) > 0 && !pd.fin {
+		e.unhold(c)
+	}
 	n := pd.n
 	iov := pd.iov
 	pd.iov, pd.n = pd.iov[:0], 0

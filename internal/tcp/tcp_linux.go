@@ -92,6 +92,9 @@ type Engine struct {
 	mss6    int    // and IPv6
 	pend    pending
 	isnKey  maphash.Seed // the secret of isn
+	// heldBytes is what the connections hold beyond holes, at most
+	// heldTotal.
+	heldBytes int
 }
 
 // writer is one goroutine's output to the guest and its scratch space.
@@ -217,6 +220,8 @@ type conn struct {
 	// guestISN is the guest's initial sequence number (for quoting its
 	// SYN in an ICMP error).
 	guestISN uint32
+	// held keeps the guest's segments that arrived beyond a hole.
+	held held
 }
 
 // conn returns the conn of flow idx, reset when reset.
@@ -383,6 +388,7 @@ func (e *Engine) free(idx int32, f *flow.Flow, c *conn, reset bool) {
 		unix.Close(c.fd)
 	}
 	c.fd, c.events, c.state = -1, 0, 0
+	e.heldBytes -= c.held.release()
 	if log.Enabled(log.LevelDebug) {
 		log.Debugf("TCP flow %d: closed (reset %v): %s", idx, reset, f)
 	}

@@ -1087,21 +1087,18 @@ func TestPeerReset(t *testing.T) {
 	})
 }
 
-// TestOutOfOrder: a segment beyond a hole gets a duplicate ACK for the
-// hole and does not reach the server; once the hole is filled and the
-// segment sent again, the server reads both in order.
+// TestOutOfOrder: segments beyond a hole (two, the second overlapping
+// the first, then one beyond a second hole, then the guest's FIN beyond
+// it) each get a duplicate ACK for the hole and do not reach the server
+// yet, but are held: once the first hole is filled, one ACK covers the
+// held segment that follows it, and once the second is filled, the
+// server reads the whole stream in order and end of file, and the ACK
+// covers the FIN, without the guest sending anything twice. Before, a
+// keepalive (one byte below the next) is answered and turns keepalives
+// on.
 func TestOutOfOrder(t *testing.T) {
 	families(t, func(t *testing.T, v6 bool) {
 		h, c, srv := established(t, v6, 40012)
-		first, second := pattern(1000, 11), pattern(700, 12)
-		later := c.frame(c.tcp(flagACK|flagPSH, c.seq+uint32(len(first))), second)
-		c.send(later)
-		c.expectAck("duplicate ACK for the hole")
-		c.write("ACK of the first segment", first)
-		c.send(c.frame(c.tcp(flagACK|flagPSH, c.seq), second))
-		c.seq += uint32(len(second))
-		c.expectAck("ACK of the second segment")
-		readFull(t, srv, append(first, second...))
 		// A keepalive (one byte below the next) is answered, and turns
 		// keepalives on for the host socket.
 		c.send(c.frame(c.tcp(flagACK, c.seq-1), nil))
@@ -1110,7 +1107,64 @@ func TestOutOfOrder(t *testing.T) {
 		if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE); err != nil || v != 1 {
 			t.Errorf("SO_KEEPALIVE %d, %v; want on", v, err)
 		}
+		up, base := pattern(5000, 11), c.seq
+		at := func(from, to int, flags uint8) *packet.Parsed {
+			return c.frame(c.tcp(flags, base+uint32(from)), up[from:to])
+		}
+		c.send(at(1000, 1700, flagACK|flagPSH))
+		c.expectAck("duplicate ACK for the hole")
+		c.send(at(1500, 2200, flagACK|flagPSH))
+		c.expectAck("duplicate ACK for the hole, again")
+		c.send(at(3000, 4000, flagACK|flagPSH))
+		c.expectAck("duplicate ACK for the hole, a third")
+		c.send(c.frame(c.tcp(flagACK|flagFIN, base+4000), nil))
+		c.expectAck("duplicate ACK for the hole, with a FIN beyond")
+		h.e.tab.Mu.Lock()
+		heldNow := h.e.heldBytes
+		h.e.tab.Mu.Unlock()
+		if heldNow != 2200 {
+			t.Errorf("%d bytes held, want 2200", heldNow)
+		}
+		c.send(at(0, 1000, flagACK|flagPSH))
+		c.seq += 2200
+		c.expectAck("ACK of the first hole and what was held after it")
+		c.send(at(800, 3000, flagACK|flagPSH)) // 2200 to 3000 new
+		c.seq = base + 4000 + 1
+		c.expectAck("ACK of everything, FIN included")
+		readFull(t, srv, up[:4000])
+		readEOF(t, srv)
+		if got := h.st.TCPHeld.Load(); got != 4 {
+			t.Errorf("%d segments held, want 4", got)
+		}
 		h.checkDrops(nil)
+	})
+}
+
+// TestOutOfOrderReset: what a connection holds beyond a hole is released
+// when the connection ends (the guest's RST), and a segment that would
+// take more than a connection may hold is dropped and counted, not held.
+func TestOutOfOrderReset(t *testing.T) {
+	families(t, func(t *testing.T, v6 bool) {
+		h, c, _ := established(t, v6, 40013)
+		c.send(c.frame(c.tcp(flagACK|flagPSH, c.seq+100), pattern(1000, 3)))
+		c.expectAck("duplicate ACK for the hole")
+		c.send(c.frame(c.tcp(flagACK|flagPSH, c.seq+heldMaxBytes), pattern(1000, 4)))
+		c.expectAck("duplicate ACK for the hole, far beyond")
+		h.e.tab.Mu.Lock()
+		heldNow := h.e.heldBytes
+		h.e.tab.Mu.Unlock()
+		if heldNow != 1000 {
+			t.Errorf("%d bytes held, want 1000", heldNow)
+		}
+		c.send(c.seg(flagRST, nil))
+		h.checkFreed()
+		h.e.tab.Mu.Lock()
+		heldNow = h.e.heldBytes
+		h.e.tab.Mu.Unlock()
+		if heldNow != 0 {
+			t.Errorf("%d bytes held after the reset, want none", heldNow)
+		}
+		h.checkDrops(map[stats.Reason]uint64{stats.DropOutOfOrder: 1})
 	})
 }
 

@@ -1,0 +1,154 @@
+package tcp
+
+// The guest's segments normally arrive in order: the tap is one queue.
+// They do not when the namespace's kernel dropped some of them (the tap's
+// queue overflowed) and then retransmits: after a timeout, Linux sends
+// the oldest segment again and, to tell a spurious timeout from a real
+// one (F-RTO), new data beyond what it sent before. Without a SACK
+// option to tell it what arrived, a receiver that drops what lies beyond
+// a hole leaves that new data to the guest's next timeout, which doubles
+// each time (no RTT sample from retransmitted data), so one burst of
+// drops grows into a stall of many seconds. held keeps such segments,
+// within bounds, until the hole is filled.
+
+// Bounds of what is held beyond holes: per connection, in segments and in
+// bytes (and no further than that beyond the next expected byte), and
+// for the whole engine, so that a hostile guest cannot make us hold more
+// than heldTotal.
+const (
+	heldMaxSegs  = 64
+	heldMaxBytes = 4 << 20
+	heldTotal    = 16 << 20
+)
+
+// heldSeg is a copy of a segment that arrived beyond a hole: its first
+// sequence number, its payload, and whether the guest's FIN follows it.
+type heldSeg struct {
+	seq uint32
+	b   []byte
+	fin bool
+}
+
+// end is the sequence number after the payload.
+func (h *heldSeg) end() uint32 { return h.seq + uint32(len(h.b)) }
+
+// held is the ordered, non-overlapping list of a connection's segments
+// beyond a hole, and the bytes they hold.
+type held struct {
+	segs  []heldSeg
+	bytes int
+}
+
+// add keeps a copy of the part of payload pl (at seq, FIN after it when
+// fin) that nothing held covers yet, with rcvNxt the next byte expected
+// and budget what the engine may still hold. It returns the bytes it
+// took (negative if it released more than it took), or -1 and false if
+// the segment does not fit the bounds.
+func (h *held) add(seq uint32, pl []byte, fin bool, rcvNxt uint32, budget int) (int, bool) {
+	end := seq + uint32(len(pl))
+	if !seqLT(rcvNxt, seq) || end-rcvNxt > heldMaxBytes {
+		return 0, false
+	}
+	// Where it goes: after every segment that starts before it.
+	i := 0
+	for i < len(h.segs) && seqLT(h.segs[i].seq, seq) {
+		i++
+	}
+	if i > 0 {
+		if p := &h.segs[i-1]; seqLT(seq, p.end()) {
+			// The previous segment covers its head.
+			if !seqLT(p.end(), end) {
+				if fin && p.end() == end {
+					p.fin = true
+				}
+				return 0, true
+			}
+			pl, seq = pl[p.end()-seq:], p.end()
+		}
+	}
+	// Segments it covers whole are replaced; one it reaches into cuts
+	// its tail.
+	j := i
+	freed := 0
+	for j < len(h.segs) && !seqLT(end, h.segs[j].end()) {
+		freed += len(h.segs[j].b)
+		fin = fin || h.segs[j].fin && h.segs[j].end() == end
+		j++
+	}
+	if j < len(h.segs) && seqLT(h.segs[j].seq, end) {
+		pl, fin = pl[:h.segs[j].seq-seq], false
+	}
+	if len(pl) == 0 && !fin {
+		return 0, true
+	}
+	if len(h.segs)-(j-i) >= heldMaxSegs || h.bytes-freed+len(pl) > heldMaxBytes || len(pl)-freed > budget {
+		return 0, false
+	}
+	s := heldSeg{seq: seq, b: append([]byte(nil), pl...), fin: fin}
+	switch {
+	case j > i:
+		h.segs[i] = s
+		h.segs = append(h.segs[:i+1], h.segs[j:]...)
+	default:
+		h.segs = append(h.segs, heldSeg{})
+		copy(h.segs[i+1:], h.segs[i:])
+		h.segs[i] = s
+	}
+	h.bytes += len(pl) - freed
+	return len(pl) - freed, true
+}
+
+// next returns the held payload that continues the stream at seq and
+// whether the guest's FIN follows it, or nil and false.
+func (h *held) next(seq uint32) ([]byte, bool) {
+	for i := range h.segs {
+		s := &h.segs[i]
+		if seqLT(seq, s.seq) {
+			return nil, false
+		}
+		if seqLT(seq, s.end()) || seq == s.end() && s.fin {
+			return s.b[seq-s.seq:], s.fin
+		}
+	}
+	return nil, false
+}
+
+// advance forgets what lies before rcvNxt, the next byte expected. It
+// returns the bytes it released.
+func (h *held) advance(rcvNxt uint32) int {
+	freed, i := 0, 0
+	for ; i < len(h.segs); i++ {
+		s := &h.segs[i]
+		if !seqLT(s.seq, rcvNxt) {
+			break
+		}
+		if seqLT(rcvNxt, s.end()) {
+			d := int(rcvNxt - s.seq)
+			s.b, s.seq = s.b[d:], rcvNxt
+			freed += d
+			break
+		}
+		if s.fin && s.end() == rcvNxt {
+			// Its data went, its FIN did not.
+			freed += len(s.b)
+			s.b, s.seq = nil, rcvNxt
+			break
+		}
+		freed += len(s.b)
+	}
+	if i > 0 {
+		n := copy(h.segs, h.segs[i:])
+		clear(h.segs[n:])
+		h.segs = h.segs[:n]
+	}
+	h.bytes -= freed
+	return freed
+}
+
+// release forgets everything held and returns the bytes it released.
+func (h *held) release() int {
+	n := h.bytes
+	clear(h.segs)
+	h.segs, h.bytes = h.segs[:0], 0
+	return n
+}

@@ -88,7 +88,7 @@ func Build(ep tap.Endpoint, n *netcfg.Net, cfg *conf.Config, st *stats.Counters,
 	}
 	guest := fwd.NewGuest(a4, a6)
 	e := &Engine{
-		oneThread: os.Getenv("GOPASST_THREADS") == "1",
+		oneThread: os.Getenv("GOPASST_THREADS") != "2",
 		EP:        ep, Guest: guest, Stats: st, IPv4: n.IPv4, IPv6: n.IPv6, Frag: frag.New(),
 		L2: &l2.Responder{OurMAC: n.OurMAC, Guest: guest, Prefix6: n.Addr6, MTU: cfg.MTU,
 			NoNDP: cfg.NoNDP, NoRA: cfg.NoRA, Managed: !cfg.NoDHCPv6},

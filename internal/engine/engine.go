@@ -27,23 +27,20 @@
 // every protocol go through one add/remove API ([Engine.AddForward]),
 // which the command line, "auto" and a control socket all use.
 //
-// Threads. The tap reader runs on a goroutine of its own beside the
+// Threads. An endpoint an event loop can wait on ([tap.Pollable]:
+// pasta's tap device) is one more registration of the host event loop,
+// so that a single thread serves both paths, as the reference's single
+// loop does. Other endpoints (passt's qemu socket, whose reader also
+// accepts and reconnects) get a reader goroutine of their own beside the
 // loop's, each waiting in poll(2) or epoll_wait(2) on its own thread
-// (package yield tells why). An endpoint an event loop can wait on
-// ([tap.Pollable]: pasta's tap device) can instead be one more
-// registration of the host event loop, so that a single thread runs both
-// paths, as the reference's single loop does (GOPASST_THREADS=1 in the
-// environment, experimental). Measured against the default: ping to the
-// gateway about twice as fast, TCP connection rate 1.6-2.2 times,
+// (package yield tells why); GOPASST_THREADS=2 in the environment runs
+// pasta's tap that way too. One thread against two, measured: ping to
+// the gateway about twice as fast, TCP connection rate 1.6-2.2 times,
 // request/response 1.0-1.3 times, bulk goodput and CPU per GB level (2
-// cores shared with the sender and the receiver). It is not the default
-// yet: under a SYN flood that exhausts the descriptors, another
-// connection's data from the guest has stalled for up to 30 s (the e2e
-// test TestTCPSynFlood) in 5 of 9 runs with it and in 2 of 7 without, a
-// bug not found yet that it makes likelier. Handing a batch from the tap
-// reader to a third goroutine, to read the next batch while the first
-// goes out, was measured and left out: on two cores it lost 10-30% of
-// the tap goodput to the hand-off.
+// cores shared with the sender and the receiver). Handing a batch from
+// the tap reader to a third goroutine, to read the next batch while the
+// first goes out, was measured and left out: on two cores it lost 10-30%
+// of the tap goodput to the hand-off.
 //
 // A frame that fails parsing is counted by reason and dropped; nothing a
 // guest sends can stop either loop.

@@ -353,6 +353,17 @@ func (h *harness) checkFreed() {
 	}
 }
 
+// checkHeld checks that the engine holds want bytes beyond holes.
+func (h *harness) checkHeld(want int) {
+	h.t.Helper()
+	h.e.tab.Mu.Lock()
+	got := h.e.heldBytes
+	h.e.tab.Mu.Unlock()
+	if got != want {
+		h.t.Errorf("%d bytes held beyond holes, want %d", got, want)
+	}
+}
+
 // checkDrops checks that the drops counted are exactly want.
 func (h *harness) checkDrops(want map[stats.Reason]uint64) {
 	h.t.Helper()
@@ -1119,12 +1130,7 @@ func TestOutOfOrder(t *testing.T) {
 		c.expectAck("duplicate ACK for the hole, a third")
 		c.send(c.frame(c.tcp(flagACK|flagFIN, base+4000), nil))
 		c.expectAck("duplicate ACK for the hole, with a FIN beyond")
-		h.e.tab.Mu.Lock()
-		heldNow := h.e.heldBytes
-		h.e.tab.Mu.Unlock()
-		if heldNow != 2200 {
-			t.Errorf("%d bytes held, want 2200", heldNow)
-		}
+		h.checkHeld(2200)
 		c.send(at(0, 1000, flagACK|flagPSH))
 		c.seq += 2200
 		c.expectAck("ACK of the first hole and what was held after it")
@@ -1150,20 +1156,10 @@ func TestOutOfOrderReset(t *testing.T) {
 		c.expectAck("duplicate ACK for the hole")
 		c.send(c.frame(c.tcp(flagACK|flagPSH, c.seq+heldMaxBytes), pattern(1000, 4)))
 		c.expectAck("duplicate ACK for the hole, far beyond")
-		h.e.tab.Mu.Lock()
-		heldNow := h.e.heldBytes
-		h.e.tab.Mu.Unlock()
-		if heldNow != 1000 {
-			t.Errorf("%d bytes held, want 1000", heldNow)
-		}
+		h.checkHeld(1000)
 		c.send(c.seg(flagRST, nil))
 		h.checkFreed()
-		h.e.tab.Mu.Lock()
-		heldNow = h.e.heldBytes
-		h.e.tab.Mu.Unlock()
-		if heldNow != 0 {
-			t.Errorf("%d bytes held after the reset, want none", heldNow)
-		}
+		h.checkHeld(0)
 		h.checkDrops(map[stats.Reason]uint64{stats.DropOutOfOrder: 1})
 	})
 }

@@ -477,11 +477,12 @@ func (e *Engine) flush() {
 		_ = unix.Shutdown(c.fd, unix.SHUT_WR)
 		pd.ack = true
 	}
-	if len(c.held.segs) > 0 {
+	switch {
+	case len(c.held.segs) == 0:
+	case c.guestFIN:
+		e.heldBytes -= c.held.release() // nothing comes after the FIN
+	default:
 		e.heldBytes -= c.held.advance(c.rcvNxt)
-		if c.guestFIN {
-			e.heldBytes -= c.held.release()
-		}
 	}
 	if pd.ack {
 		e.sendAck(e.tw, f, c, false)

@@ -1,15 +1,7 @@
 package tcp
 
-// The guest's segments normally arrive in order: the tap is one queue.
-// They do not when the namespace's kernel dropped some of them (the tap's
-// queue overflowed) and then retransmits: after a timeout, Linux sends
-// the oldest segment again and, to tell a spurious timeout from a real
-// one (F-RTO), new data beyond what it sent before. Without a SACK
-// option to tell it what arrived, a receiver that drops what lies beyond
-// a hole leaves that new data to the guest's next timeout, which doubles
-// each time (no RTT sample from retransmitted data), so one burst of
-// drops grows into a stall of many seconds. held keeps such segments,
-// within bounds, until the hole is filled.
+// held keeps the guest's segments that arrive beyond a hole until it is
+// filled; the package documentation ("Out of order") tells why.
 
 // Bounds of what is held beyond holes: per connection, in segments and in
 // bytes (and no further than that beyond the next expected byte), and

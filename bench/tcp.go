@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -310,6 +312,14 @@ func (b *Bench) tcpConn(_ context.Context, in *Instance, t *Trial, p Path, f Fam
 	}
 	if res.Errors > 0 {
 		t.note("client errors %d (%s)", res.Errors, res.LastErr)
+		// gopasst's counters say which of its paths the errors took.
+		if m, err := in.gopasstCounters(); err == nil {
+			for _, k := range slices.Sorted(maps.Keys(m)) {
+				if m[k] != 0 && (strings.Contains(k, "drop") || strings.Contains(k, "reset") || strings.Contains(k, "superseded")) {
+					t.note("%s %d", k, m[k])
+				}
+			}
+		}
 	}
 	if res.Secs > 0 {
 		t.add(secTCPConn, fmt.Sprintf("TCP connections per second (connect, server closes, client closes), %s, %s", p.Label, f.Label),

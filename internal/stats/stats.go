@@ -84,6 +84,9 @@ type Counters struct {
 	Reassembled               atomic.Uint64 // datagrams reassembled from them
 	L2Replies                 atomic.Uint64 // ARP and NDP replies sent
 	TCPHeld                   atomic.Uint64 // the guest's TCP segments held beyond a hole
+	// TCPSuperseded counts connections ended, short of the guest's
+	// last ACK, for a new connection from the host with their ports.
+	TCPSuperseded atomic.Uint64
 
 	Drops     [NumReasons]atomic.Uint64
 	Malformed [packet.NumDrops]atomic.Uint64
@@ -137,6 +140,7 @@ func (c *Counters) String() string {
 	line("tcp retransmits to tap", c.TCPRetransmits.Load())
 	line("tcp segments held out of order", c.TCPHeld.Load())
 	line("tcp resets to tap", c.TCPResets.Load())
+	line("tcp connections superseded", c.TCPSuperseded.Load())
 	line("tcp connections created", tc.FlowsCreated.Load())
 	line("tcp connections closed", tc.FlowsExpired.Load())
 	line("tcp connections active", tc.Active.Load())

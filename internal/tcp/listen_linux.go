@@ -170,6 +170,41 @@ func (e *Engine) listenerEvent(r evloop.Ref, _ uint32) {
 	e.lw.out.Flush()
 }
 
+// supersede makes way for a new connection from the host whose guest
+// side is that of an older connection still in the table, and reports
+// whether it did. The host kernel only lets such a connection in once the
+// old socket is done both ways (its TIME-WAIT takes the new SYN), so the
+// old one is over for the host; when it is over for the guest too, but
+// for the guest's ACK of our FIN (lost on the tap, or still on its way),
+// it ends here: a RST at the sequence number after our FIN ends the
+// guest's TIME-WAIT, or its FIN-WAIT-2 if the FIN itself was lost,
+// before our SYN for the new one arrives. Freed any earlier, the old
+// connection's RST could not be told from the new one's by the host
+// client. An older connection with data or a FIN still to deliver stays,
+// and the new one is reset.
+func (e *Engine) supersede(nf *flow.Flow) bool {
+	r, ok := e.tab.Lookup(flow.KeyOf(nf, flow.Tgt))
+	if !ok {
+		return false
+	}
+	f := e.tab.At(r.Index)
+	if f.Type != flow.TypeTCP || int(r.Index) >= len(e.conns) {
+		return false
+	}
+	c := e.conns[r.Index]
+	if c == nil || c.state != stEstablished || !c.hostEOF || !c.guestFIN || !c.finSent || c.sndUna != c.finSeq {
+		return false
+	}
+	e.sendSeg(e.lw, f, c, c.finSeq+1, flagRST|flagACK)
+	e.st.TCPResets.Add(1)
+	e.st.TCPSuperseded.Add(1)
+	if log.Enabled(log.LevelDebug) {
+		log.Debugf("TCP flow %d: superseded by a new connection from the host: %s", r.Index, f)
+	}
+	e.free(r.Index, f, c, false)
+	return true
+}
+
 // resumeListeners re-registers listeners paused for want of descriptors.
 func (e *Engine) resumeListeners() {
 	for i := range e.lst {
@@ -222,8 +257,8 @@ func (e *Engine) accepted(l *listener, fd int, sa unix.Sockaddr, now int64) {
 	f.SetIni(flow.TypeTCP, flow.PIFHost, ini)
 	f.SetTgt(flow.PIFTap, tgt)
 	f.Sock[flow.Ini], f.Connected[flow.Ini] = fd, true
-	if err := e.tab.Activate(idx, flow.Tgt); err != nil {
-		// The guest already has a connection with these addresses.
+	if err := e.tab.Activate(idx, flow.Tgt); err != nil && (!e.supersede(f) || e.tab.Activate(idx, flow.Tgt) != nil) {
+		// The guest already has a live connection with these addresses.
 		reset()
 		e.tab.Free(idx)
 		e.st.Drop(stats.DropNoFlow)

@@ -1300,6 +1300,103 @@ func TestListenerTimeWait(t *testing.T) {
 	})
 }
 
+// TestListenerReuse: the host client reconnects from the port of a
+// connection that ended (the guest's FIN, then the client's) while our
+// FIN still waits for the guest's ACK. The host kernel takes the new SYN
+// on its TIME-WAIT socket; the guest gets a RST after our FIN for the
+// old connection, then the SYN of the new one, which carries data. A
+// connection with data still unacknowledged is not superseded: the new
+// client is reset instead.
+func TestListenerReuse(t *testing.T) {
+	families(t, func(t *testing.T, v6 bool) {
+		h := newHarness(t, nil)
+		cl, c, syn := h.forward(v6, 2222, 22)
+		sa := c.tcp(flagSYN|flagACK, guestISN)
+		sa.Ack = syn.seq + 1
+		sa.Options = synOptions()
+		c.send(c.frame(sa, nil))
+		c.seq, c.ack = guestISN+1, syn.seq+1
+		c.expectAck("ACK of the guest's SYN-ACK")
+		c.guestClose(cl)
+		local := cl.LocalAddr().(*net.TCPAddr)
+		cl.Close()
+		fin := c.expect("our FIN", flagFIN|flagACK)
+		if fin.seq != c.ack {
+			t.Fatalf("FIN %v, want seq %d", fin, c.ack)
+		}
+		// The guest's ACK of our FIN is lost.
+
+		d := net.Dialer{LocalAddr: local, Timeout: wait}
+		var again net.Conn
+		var err error
+		for range 50 { // until the client's own socket has left LAST-ACK
+			if again, err = d.Dial("tcp", netip.AddrPortFrom(loopback(v6), 2222).String()); !errors.Is(err, unix.EADDRINUSE) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer again.Close()
+		rst := c.expect("RST ending the old connection", flagRST|flagACK)
+		if rst.seq != fin.seq+1 {
+			t.Fatalf("RST %v, want seq %d", rst, fin.seq+1)
+		}
+		syn2 := c.expect("SYN of the new connection", flagSYN)
+		if syn2.seq-syn.seq > 1<<30 {
+			t.Fatalf("new SYN %v does not start above the old ISN %d", syn2, syn.seq)
+		}
+		sa = c.tcp(flagSYN|flagACK, guestISN-5000)
+		sa.Ack = syn2.seq + 1
+		sa.Options = synOptions()
+		c.send(c.frame(sa, nil))
+		c.seq, c.ack = guestISN-4999, syn2.seq+1
+		c.expectAck("ACK of the guest's SYN-ACK")
+		c.write("data on the new connection", []byte("second"))
+		readFull(t, again, []byte("second"))
+		if n := h.e.st.TCPSuperseded.Load(); n != 1 {
+			t.Errorf("superseded %d, want 1", n)
+		}
+
+		// Data to the guest still unacknowledged: the old connection
+		// stays, the new client is reset.
+		if _, err := again.Write([]byte("unacknowledged")); err != nil {
+			t.Fatal(err)
+		}
+		c.recv("the client's data", len("unacknowledged"), false)
+		c.send(c.seg(flagFIN|flagACK, nil))
+		c.seq++
+		c.expect("ACK of the guest's FIN", flagACK)
+		readEOF(t, again)
+		again.Close()
+		var third net.Conn
+		for range 50 {
+			if third, err = d.Dial("tcp", netip.AddrPortFrom(loopback(v6), 2222).String()); !errors.Is(err, unix.EADDRINUSE) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err == nil {
+			defer third.Close()
+			readReset(t, third)
+		} else if !errors.Is(err, unix.ECONNRESET) {
+			t.Fatal(err)
+		}
+		if n := h.e.st.TCPSuperseded.Load(); n != 1 {
+			t.Errorf("superseded %d, want still 1", n)
+		}
+		// The engine counts the drop after it reset the client.
+		deadline := time.Now().Add(wait)
+		for h.e.st.Drops[stats.DropNoFlow].Load() == 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if n := h.e.st.Drops[stats.DropNoFlow].Load(); n != 1 {
+			t.Errorf("no-flow drops %d, want 1 (the third client)", n)
+		}
+	})
+}
+
 // TestISN: initial sequence numbers (RFC 6528) of one four-tuple move
 // forward with the clock, by about one every 64 ns; another four-tuple's
 // are unrelated.

@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 
 	"github.com/gopasst/gopasst/internal/conf"
@@ -43,12 +44,15 @@ func main() {
 
 // profiled runs gopasst, writing a CPU profile to the file named by
 // $GOPASST_CPUPROFILE, if set, for "go tool pprof" (with --no-sandbox,
-// which would refuse the profiler's timers on new threads).
+// which would refuse the profiler's timers on new threads). A "%p" in
+// the name becomes the process ID: pasta's data path runs in a process
+// of its own, beside the waiting parent, and each gets its file.
 func profiled(argv []string) int {
 	path := os.Getenv("GOPASST_CPUPROFILE")
 	if path == "" {
 		return run(argv)
 	}
+	path = strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid()))
 	f, err := os.Create(path)
 	if err == nil {
 		err = pprof.StartCPUProfile(f)

@@ -26,6 +26,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == loadArg {
 		os.Exit(loadMain(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "zerocopy" {
+		os.Exit(zerocopyMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	os.Exit(benchMain(os.Args[1:], os.Stdout, os.Stderr))
 }
 

@@ -53,10 +53,15 @@
 // does) are answered with a duplicate ACK for the hole, as the reference
 // does, and, unlike the reference, kept: a copy, up to 64 segments and 4
 // MiB per connection and 16 MiB in all (see ooo.go), joins the stream
-// once the hole is filled. Dropping them would leave the guest, which
-// gets no SACK, to find them lost on its next timeout, doubled each time
-// as retransmitted data gives it no RTT sample: one burst of losses on
-// the tap grew into stalls of many seconds.
+// once the hole is filled. Dropping them would leave the guest to find
+// them lost on its next timeout, doubled each time as retransmitted data
+// gives it no RTT sample: one burst of losses on the tap grew into
+// stalls of many seconds. Where the guest permits SACK in its SYN (or
+// SYN-ACK: our SYN offers it), our ACKs carry what is held as SACK blocks
+// (RFC 2018, up to four, the latest first), so that the guest resends
+// only the holes, at once, instead of finding them on a timeout; what
+// the guest's own SACK blocks say of our data is ignored (we resend from
+// the first byte not acknowledged, which SACK allows).
 //
 // Offloads. On a tap with TSO (TUN_F_TSO4/6), the guest's TCP segments
 // come up to 64 KiB whatever the MTU, and socket data goes to it as GSO

@@ -134,7 +134,7 @@ func (e *Engine) open(p *packet.Parsed, s *segment, now int64) {
 	f.SetIni(flow.TypeTCP, flow.PIFTap, ini)
 	c := e.conn(idx)
 	*c = conn{tap: flow.Ini, fd: -1, iss: e.isn(&f.Side[flow.Ini], now), rcvNxt: s.seq + 1, guestISN: s.seq,
-		sndWnd: uint32(s.wnd), lastAct: now, since: now, rto: int64(initialRTO)}
+		sndWnd: uint32(s.wnd), lastAct: now, since: now, rto: int64(initialRTO), sack: s.sackOK}
 	c.sndUna, c.sndNxt, c.sndMax = c.iss, c.iss+1, c.iss+1
 	c.mss = e.mssFor(ini.EAddr)
 	if s.mss != 0 {
@@ -254,7 +254,7 @@ func (e *Engine) segment(idx int32, f *flow.Flow, c *conn, p *packet.Parsed, s *
 			return true
 		}
 		c.rcvNxt, c.guestISN = s.seq+1, s.seq
-		c.sndUna = s.ack
+		c.sndUna, c.sack = s.ack, s.sackOK
 		c.mss = min(e.mssFor(f.Side[c.tap].EAddr), max(int(s.mss), 64))
 		if s.mss == 0 {
 			c.mss = min(e.mssFor(f.Side[c.tap].EAddr), 536)
@@ -437,6 +437,9 @@ func (e *Engine) dataFromGuest(c *conn, s *segment) {
 		// duplicate ACK asks for the hole.
 		pd.ack = true
 		n, ok := c.held.add(seq, pl, fin, expected, heldTotal-e.heldBytes)
+		if ok && len(pl) > 0 {
+			c.sackLast = seq // its block comes first in the SACK
+		}
 		switch {
 		case !ok:
 			e.st.Drop(stats.DropOutOfOrder)

@@ -144,3 +144,32 @@ func (h *held) release() int {
 	h.segs, h.bytes = h.segs[:0], 0
 	return n
 }
+
+// sackBlocks fills blocks with the ranges the held segments cover,
+// adjacent ones merged: the one holding sequence number recent first
+// (RFC 2018 4: the block of the most recently received segment), the
+// others in order, as many as fit. It returns how many it filled.
+func (h *held) sackBlocks(recent uint32, blocks *[maxSACKBlocks][2]uint32) int {
+	n, found := 0, false
+	for i := 0; i < len(h.segs); {
+		l, r := h.segs[i].seq, h.segs[i].end()
+		for i++; i < len(h.segs) && h.segs[i].seq == r; i++ {
+			r = h.segs[i].end()
+		}
+		switch {
+		case l == r: // a FIN alone
+		case !found && !seqLT(recent, l) && seqLT(recent, r):
+			found = true
+			n = min(n, len(blocks)-1)
+			copy(blocks[1:n+1], blocks[:n])
+			blocks[0] = [2]uint32{l, r}
+			n++
+		case n < len(blocks):
+			blocks[n] = [2]uint32{l, r}
+			n++
+		case found:
+			return n
+		}
+	}
+	return n
+}

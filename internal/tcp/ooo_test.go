@@ -3,6 +3,7 @@ package tcp
 import (
 	"bytes"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -24,6 +25,7 @@ func TestHeldRandom(t *testing.T) {
 		var h held
 		arrived := make([]bool, n+1) // n: the FIN
 		nxt := 0                     // the next byte expected, from base
+		recent := -1                 // the latest piece held
 		for step := 0; step < 400 && nxt <= n; step++ {
 			from := rng.IntN(n + 1)
 			to := min(n, from+1+rng.IntN(3000))
@@ -77,8 +79,12 @@ func TestHeldRandom(t *testing.T) {
 					if fin {
 						arrived[n] = true
 					}
+					if from < to {
+						recent = from
+					}
 				}
 			}
+			checkSACK(t, round, &h, base, nxt, recent, arrived[:n])
 			// The invariants.
 			sum := 0
 			for i := range h.segs {
@@ -101,6 +107,47 @@ func TestHeldRandom(t *testing.T) {
 		}
 		if got := h.release(); got < 0 || len(h.segs) != 0 || h.bytes != 0 {
 			t.Fatalf("round %d: release gave %d and left %d segments", round, got, len(h.segs))
+		}
+	}
+}
+
+// checkSACK checks the SACK blocks of h, with nxt the next byte
+// expected (offsets from base): each block arrived whole and is bounded
+// by bytes that did not (or by nxt), no two overlap, as many as fit of
+// those the held bytes make, the one of the latest piece, recent, first.
+func checkSACK(t *testing.T, round int, h *held, base uint32, nxt, recent int, arrived []bool) {
+	t.Helper()
+	var blocks [maxSACKBlocks][2]uint32
+	k := h.sackBlocks(base+uint32(recent), &blocks)
+	// The blocks the model has: runs of arrived bytes beyond nxt.
+	var want [][2]int
+	for i := nxt + 1; i < len(arrived); i++ {
+		if arrived[i] && !arrived[i-1] {
+			j := i
+			for j < len(arrived) && arrived[j] {
+				j++
+			}
+			want = append(want, [2]int{i, j})
+			i = j
+		}
+	}
+	if k != min(len(want), maxSACKBlocks) {
+		t.Fatalf("round %d: %d SACK blocks, want %d of %v", round, k, min(len(want), maxSACKBlocks), want)
+	}
+	for i, b := range blocks[:k] {
+		l, r := int(b[0]-base), int(b[1]-base)
+		if !slices.Contains(want, [2]int{l, r}) {
+			t.Fatalf("round %d: SACK block %d [%d, %d) is none of %v", round, i, l, r, want)
+		}
+		for _, o := range blocks[:i] {
+			if o == b {
+				t.Fatalf("round %d: SACK block [%d, %d) twice", round, l, r)
+			}
+		}
+		if i == 0 && recent > nxt && arrived[recent] {
+			if !(l <= recent && recent < r) {
+				t.Fatalf("round %d: first SACK block [%d, %d) does not hold the latest piece at %d", round, l, r, recent)
+			}
 		}
 	}
 }

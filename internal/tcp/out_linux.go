@@ -105,16 +105,23 @@ func meminfo(fd int) (sndbuf, queued int, err error) {
 	return int(mem[unix.SK_MEMINFO_SNDBUF]), int(mem[unix.SK_MEMINFO_WMEM_QUEUED]), nil
 }
 
-// sendSeg sends a segment without payload and without options to the
-// guest: seq, our ACK and the window.
+// sendSeg sends a segment without payload to the guest: seq, our ACK
+// and the window, and, where SACK is on and segments are held beyond a
+// hole, their blocks.
 func (e *Engine) sendSeg(w *writer, f *flow.Flow, c *conn, seq uint32, flags uint8) {
 	wnd := c.rcvWnd >> c.rcvScale
 	if flags&flagRST != 0 {
 		wnd = 0
 	}
 	th := headroom - hdrLen
-	putHeader(w.ctl[th:], f.Side[c.tap].FPort, f.Side[c.tap].EPort, seq, c.rcvNxt, flags, uint16(min(wnd, 0xffff)), false, 0, 0)
-	w.out.WriteFrame(e.putFrame(w, w.ctl, th, hdrLen, 0, &f.Side[c.tap], false))
+	n := putHeader(w.ctl[th:], f.Side[c.tap].FPort, f.Side[c.tap].EPort, seq, c.rcvNxt, flags, uint16(min(wnd, 0xffff)), false, 0, 0)
+	if c.sack && flags&flagRST == 0 && len(c.held.segs) > 0 {
+		var blocks [maxSACKBlocks][2]uint32
+		if k := c.held.sackBlocks(c.sackLast, &blocks); k > 0 {
+			n = putSACK(w.ctl[th:], n, blocks[:k])
+		}
+	}
+	w.out.WriteFrame(e.putFrame(w, w.ctl, th, n, 0, &f.Side[c.tap], false))
 }
 
 // sendAck sends an ACK with a fresh window (at least one segment when
@@ -151,7 +158,8 @@ func (e *Engine) sendRST(w *writer, f *flow.Flow, c *conn) {
 }
 
 // sendSyn sends our SYN (to a connection accepted on a listener) or
-// SYN-ACK (to the guest's SYN), with our MSS and window scale.
+// SYN-ACK (to the guest's SYN), with our MSS and window scale, and
+// SACK-permitted in our SYN and in a SYN-ACK to a SYN that had it.
 func (e *Engine) sendSyn(w *writer, f *flow.Flow, c *conn) {
 	s := &f.Side[c.tap]
 	flags, ack := uint8(flagSYN), uint32(0)
@@ -168,6 +176,9 @@ func (e *Engine) sendSyn(w *writer, f *flow.Flow, c *conn) {
 	c.rcvWnd = wnd
 	th := headroom - hdrLen
 	n := putHeader(w.ctl[th:], s.FPort, s.EPort, c.iss, ack, flags, uint16(wnd), true, uint16(e.mssFor(s.EAddr)), ws)
+	if c.state == stSynSent || c.sack {
+		n = addOption(w.ctl[th:], n, sackPermitted[:])
+	}
 	w.out.WriteFrame(e.putFrame(w, w.ctl, th, n, 0, s, false))
 }
 

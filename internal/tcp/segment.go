@@ -20,6 +20,7 @@ const (
 const (
 	hdrLen    = 20 // TCP header without options
 	synOptLen = 8  // MSS (4), NOP (1), window scale (3)
+	maxOptLen = 40 // the most options a header holds
 	// headroom is the room in front of a payload for the largest header
 	// stack built towards the guest: Ethernet, IPv6 and TCP.
 	headroom = packet.EthLen + packet.IPv6Len + hdrLen
@@ -34,10 +35,12 @@ type segment struct {
 	seq, ack     uint32
 	flags        uint8
 	wnd          uint16
-	// mss and ws are the SYN options: the maximum segment size (0 if
-	// absent) and the window scale shift (noScale if absent).
+	// mss, ws and sackOK are the SYN options: the maximum segment size
+	// (0 if absent), the window scale shift (noScale if absent) and
+	// SACK-permitted.
 	mss     uint16
 	ws      uint8
+	sackOK  bool
 	payload []byte
 }
 
@@ -85,7 +88,7 @@ func parseSegment(b []byte, s *segment) parseResult {
 	s.flags = b[13] & 0x3f
 	s.wnd = binary.BigEndian.Uint16(b[14:16])
 	s.payload = b[off:]
-	s.mss, s.ws = 0, noScale
+	s.mss, s.ws, s.sackOK = 0, noScale, false
 	if s.flags&flagSYN != 0 && s.flags&(flagFIN|flagRST) != 0 || s.flags&(flagSYN|flagACK|flagRST) == 0 {
 		return segBadFlags
 	}
@@ -109,6 +112,8 @@ func parseSegment(b []byte, s *segment) parseResult {
 				s.mss = binary.BigEndian.Uint16(opts[2:4])
 			case kind == 3 && l == 3:
 				s.ws = min(opts[2], 14)
+			case kind == 4 && l == 2:
+				s.sackOK = true
 			}
 		}
 		opts = opts[l:]
@@ -139,6 +144,37 @@ func putHeader(b []byte, sport, dport uint16, seq, ack uint32, flags uint8, wnd 
 			b[24], b[25], b[26], b[27] = 1, 1, 1, 1
 		}
 	}
+	return n
+}
+
+// sackPermitted is the SACK-permitted option of a SYN (RFC 2018 2),
+// behind two no-ops.
+var sackPermitted = [4]byte{1, 1, 4, 2}
+
+// addOption appends opt, a whole number of 32-bit words, to the TCP
+// header of hl bytes at b, and returns the header's new length.
+func addOption(b []byte, hl int, opt []byte) int {
+	n := hl + copy(b[hl:], opt)
+	b[12] = uint8(n/4) << 4
+	return n
+}
+
+// maxSACKBlocks is how many SACK blocks fit in a header without other
+// options: two no-ops, kind and length, and 8 bytes a block.
+const maxSACKBlocks = (maxOptLen - 4) / 8
+
+// putSACK appends the SACK option (RFC 2018 3) with blocks, left and
+// right edges, behind two no-ops to the TCP header of hl bytes at b, and
+// returns the header's new length.
+func putSACK(b []byte, hl int, blocks [][2]uint32) int {
+	o := b[hl:]
+	o[0], o[1], o[2], o[3] = 1, 1, 5, byte(2+8*len(blocks))
+	for i, bl := range blocks {
+		binary.BigEndian.PutUint32(o[4+8*i:], bl[0])
+		binary.BigEndian.PutUint32(o[8+8*i:], bl[1])
+	}
+	n := hl + 4 + 8*len(blocks)
+	b[12] = uint8(n/4) << 4
 	return n
 }
 

@@ -149,7 +149,7 @@ func New(cfg Config) (*Engine, error) {
 }
 
 func newWriter(out *toguest.Writer, data bool) *writer {
-	w := &writer{out: out, ctl: make([]byte, headroom+synOptLen)}
+	w := &writer{out: out, ctl: make([]byte, headroom+maxOptLen)}
 	if data {
 		w.data = make([]byte, dataBuf)
 		w.iov = make([]unix.Iovec, maxSegs+1)
@@ -220,8 +220,12 @@ type conn struct {
 	// guestISN is the guest's initial sequence number (for quoting its
 	// SYN in an ICMP error).
 	guestISN uint32
-	// held keeps the guest's segments that arrived beyond a hole.
-	held held
+	// held keeps the guest's segments that arrived beyond a hole; sack
+	// says both SYNs permitted SACK, so that our ACKs tell the guest
+	// what is held, the block of sackLast, the latest, first.
+	held     held
+	sack     bool
+	sackLast uint32
 }
 
 // conn returns the conn of flow idx, reset when reset.

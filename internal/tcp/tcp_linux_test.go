@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -201,12 +202,14 @@ type rxSeg struct {
 	flags        uint8
 	wnd          uint16
 	mss, ws      int // the options, -1 if absent
+	sackOK       bool
+	sack         [][2]uint32 // SACK blocks
 	payload      []byte
 }
 
 func (s *rxSeg) String() string {
-	return fmt.Sprintf("%v:%d -> %v:%d flags %s seq %d ack %d wnd %d mss %d ws %d, %d bytes",
-		s.src, s.sport, s.dst, s.dport, flagNames(s.flags), s.seq, s.ack, s.wnd, s.mss, s.ws, len(s.payload))
+	return fmt.Sprintf("%v:%d -> %v:%d flags %s seq %d ack %d wnd %d mss %d ws %d sackOK %v sack %v, %d bytes",
+		s.src, s.sport, s.dst, s.dport, flagNames(s.flags), s.seq, s.ack, s.wnd, s.mss, s.ws, s.sackOK, s.sack, len(s.payload))
 }
 
 // flagNames spells TCP flags out.
@@ -304,12 +307,18 @@ func decodeFrame(frame []byte) (*rxSeg, error) {
 			s.mss = int(binary.BigEndian.Uint16(o.OptionData))
 		case o.OptionType == layers.TCPOptionKindWindowScale && len(o.OptionData) == 1:
 			s.ws = int(o.OptionData[0])
+		case o.OptionType == layers.TCPOptionKindSACKPermitted && len(o.OptionData) == 0:
+			s.sackOK = true
+		case o.OptionType == layers.TCPOptionKindSACK && len(o.OptionData) > 0 && len(o.OptionData)%8 == 0:
+			for d := o.OptionData; len(d) > 0; d = d[8:] {
+				s.sack = append(s.sack, [2]uint32{binary.BigEndian.Uint32(d), binary.BigEndian.Uint32(d[4:])})
+			}
 		case o.OptionType == layers.TCPOptionKindNop, o.OptionType == layers.TCPOptionKindEndList:
 		default:
 			return nil, fmt.Errorf("TCP option %v", o)
 		}
 	}
-	if s.flags&flagSYN == 0 && (s.mss >= 0 || s.ws >= 0) {
+	if s.flags&flagSYN == 0 && (s.mss >= 0 || s.ws >= 0 || s.sackOK) {
 		return nil, fmt.Errorf("SYN options without SYN: %v", s)
 	}
 	return s, nil
@@ -424,6 +433,9 @@ func newGuestConn(h *harness, v6 bool, gport, port uint16) *guestConn {
 	return c
 }
 
+// sackPermittedOption is the SACK-permitted option of a guest's SYN.
+var sackPermittedOption = layers.TCPOption{OptionType: layers.TCPOptionKindSACKPermitted, OptionLength: 2}
+
 // synOptions are the options of the guest's SYN: MSS 1460, window scale
 // 7.
 func synOptions() []layers.TCPOption {
@@ -501,10 +513,24 @@ func (c *guestConn) expect(what string, flags uint8) *rxSeg {
 func (c *guestConn) expectAck(what string) *rxSeg {
 	c.h.t.Helper()
 	s := c.expect(what, flagACK)
-	if s.seq != c.ack || s.ack != c.seq || len(s.payload) != 0 {
-		c.h.t.Fatalf("%s: %v, want seq %d ack %d without payload", what, s, c.ack, c.seq)
+	if s.seq != c.ack || s.ack != c.seq || len(s.payload) != 0 || len(s.sack) != 0 {
+		c.h.t.Fatalf("%s: %v, want seq %d ack %d without payload or SACK", what, s, c.ack, c.seq)
 	}
 	return s
+}
+
+// expectSACK expects an ACK of the guest's data up to its seq with SACK
+// blocks, relative to base.
+func (c *guestConn) expectSACK(what string, base uint32, blocks ...[2]uint32) {
+	c.h.t.Helper()
+	s := c.expect(what, flagACK)
+	want := make([][2]uint32, len(blocks))
+	for i, b := range blocks {
+		want[i] = [2]uint32{base + b[0], base + b[1]}
+	}
+	if s.seq != c.ack || s.ack != c.seq || len(s.payload) != 0 || !slices.Equal(s.sack, want) {
+		c.h.t.Fatalf("%s: %v, want seq %d ack %d, SACK %v", what, s, c.ack, c.seq, want)
+	}
 }
 
 // recv collects n bytes of data segments to the guest, in order from its
@@ -650,18 +676,27 @@ const guestISN = 0xfffff000 // wraps around within the tests' data
 // guest's end and the server's.
 func (h *harness) connect(v6 bool, ln *net.TCPListener, gport, port uint16) (*guestConn, *net.TCPConn) {
 	h.t.Helper()
+	return h.connectSACK(v6, ln, gport, port, false)
+}
+
+// connectSACK is connect with a SYN that permits SACK when sack.
+func (h *harness) connectSACK(v6 bool, ln *net.TCPListener, gport, port uint16, sack bool) (*guestConn, *net.TCPConn) {
+	h.t.Helper()
 	t := h.t
 	c := newGuestConn(h, v6, gport, port)
 	syn := c.tcp(flagSYN, guestISN)
 	syn.Options = synOptions()
+	if sack {
+		syn.Options = append(syn.Options, sackPermittedOption)
+	}
 	c.send(c.frame(syn, nil))
 	sa := c.expect("SYN-ACK", flagSYN|flagACK)
 	wantMSS := 1460
 	if v6 {
 		wantMSS = 1440
 	}
-	if sa.ack != guestISN+1 || sa.mss != wantMSS || sa.ws != ourScale || sa.wnd == 0 || len(sa.payload) != 0 {
-		t.Fatalf("SYN-ACK %v; want ack %d, MSS %d, window scale %d, a window", sa, uint32(guestISN+1), wantMSS, ourScale)
+	if sa.ack != guestISN+1 || sa.mss != wantMSS || sa.ws != ourScale || sa.sackOK != sack || sa.wnd == 0 || len(sa.payload) != 0 {
+		t.Fatalf("SYN-ACK %v; want ack %d, MSS %d, window scale %d, SACK-permitted %v, a window", sa, uint32(guestISN+1), wantMSS, ourScale, sack)
 	}
 	// The host's side is connected, and its connection is in the
 	// listener's queue: the engine's socket is its peer.
@@ -1019,10 +1054,22 @@ func (h *harness) forward(v6 bool, port, toPort uint16) (net.Conn, *guestConn, *
 	if v6 {
 		wantMSS = 1440
 	}
-	if syn.ack != 0 || syn.mss != wantMSS || syn.ws != ourScale || len(syn.payload) != 0 {
-		t.Fatalf("SYN %v; want MSS %d, window scale %d", syn, wantMSS, ourScale)
+	if syn.ack != 0 || syn.mss != wantMSS || syn.ws != ourScale || !syn.sackOK || len(syn.payload) != 0 {
+		t.Fatalf("SYN %v; want MSS %d, window scale %d, SACK-permitted", syn, wantMSS, ourScale)
 	}
 	return cl, c, syn
+}
+
+// synAck answers our SYN syn with the guest's SYN-ACK at isn, with
+// options opts, and expects our ACK of it.
+func (c *guestConn) synAck(syn *rxSeg, isn uint32, opts []layers.TCPOption) {
+	c.h.t.Helper()
+	sa := c.tcp(flagSYN|flagACK, isn)
+	sa.Ack = syn.seq + 1
+	sa.Options = opts
+	c.send(c.frame(sa, nil))
+	c.seq, c.ack = isn+1, syn.seq+1
+	c.expectAck("ACK of the guest's SYN-ACK")
 }
 
 // TestListener: a -t forward added while the loop runs: a client on the
@@ -1035,12 +1082,7 @@ func TestListener(t *testing.T) {
 		h := newHarness(t, nil)
 		const port, toPort = 2222, 22
 		cl, c, syn := h.forward(v6, port, toPort)
-		sa := c.tcp(flagSYN|flagACK, guestISN)
-		sa.Ack = syn.seq + 1
-		sa.Options = synOptions()
-		c.send(c.frame(sa, nil))
-		c.seq, c.ack = guestISN+1, syn.seq+1
-		c.expectAck("ACK of the guest's SYN-ACK")
+		c.synAck(syn, guestISN, synOptions())
 
 		c.download("client's data", cl, pattern(3000, 9), true)
 		c.write("ACK of the guest's data", []byte("hello, client"))
@@ -1143,6 +1185,55 @@ func TestOutOfOrder(t *testing.T) {
 			t.Errorf("%d segments held, want 4", got)
 		}
 		h.checkDrops(nil)
+	})
+}
+
+// TestSACK: a guest that permits SACK in its SYN gets SACK-permitted in
+// our SYN-ACK, and while segments are held beyond holes our ACKs carry
+// their blocks, adjacent ones merged, the latest first, at most four;
+// once the holes are filled the ACK has none, and the server reads the
+// stream whole. Through a listener, our SYN offers SACK and a guest whose
+// SYN-ACK permits it gets the blocks too.
+func TestSACK(t *testing.T) {
+	families(t, func(t *testing.T, v6 bool) {
+		h := newHarness(t, nil)
+		c, srv := h.connectSACK(v6, listen(t, v6, 8080), 40014, 8080, true)
+		up, base := pattern(6000, 12), c.seq
+		at := func(from, to int) *packet.Parsed {
+			return c.frame(c.tcp(flagACK|flagPSH, base+uint32(from)), up[from:to])
+		}
+		type b = [2]uint32
+		c.send(at(1000, 2000))
+		c.expectSACK("one block", base, b{1000, 2000})
+		c.send(at(2000, 2500))
+		c.expectSACK("the block grown", base, b{1000, 2500})
+		c.send(at(4000, 4500))
+		c.expectSACK("the latest first", base, b{4000, 4500}, b{1000, 2500})
+		c.send(at(3000, 3500))
+		c.expectSACK("the latest first, the others in order", base, b{3000, 3500}, b{1000, 2500}, b{4000, 4500})
+		c.send(at(5000, 5100))
+		c.expectSACK("four blocks", base, b{5000, 5100}, b{1000, 2500}, b{3000, 3500}, b{4000, 4500})
+		c.send(at(5200, 5300))
+		c.expectSACK("four blocks of five", base, b{5200, 5300}, b{1000, 2500}, b{3000, 3500}, b{4000, 4500})
+		c.send(at(0, 1000))
+		c.seq = base + 2500
+		c.expectSACK("the first hole filled", base, b{5200, 5300}, b{3000, 3500}, b{4000, 4500}, b{5000, 5100})
+		fin := c.frame(c.tcp(flagACK|flagFIN, base+6000), nil)
+		c.send(at(2500, 3000), at(3500, 4000), at(4500, 5000), at(5100, 5200), at(5300, 6000), fin)
+		c.seq = base + 6001
+		c.expectAck("every hole filled: no SACK")
+		readFull(t, srv, up)
+		readEOF(t, srv)
+		h.checkDrops(nil)
+
+		cl, lc, syn := h.forward(v6, 2222, 22)
+		lc.synAck(syn, guestISN, append(synOptions(), sackPermittedOption))
+		lc.send(lc.frame(lc.tcp(flagACK|flagPSH, lc.seq+10), []byte("later")))
+		lc.expectSACK("a block through the listener", lc.seq, b{10, 15})
+		lc.send(lc.seg(flagACK|flagPSH, []byte("0123456789")))
+		lc.seq += 15
+		lc.expectAck("the hole filled")
+		readFull(t, cl, []byte("0123456789later"))
 	})
 }
 
@@ -1289,12 +1380,7 @@ func TestListenerTimeWait(t *testing.T) {
 		if again.seq != syn.seq {
 			t.Fatalf("SYN again %v, want seq %d", again, syn.seq)
 		}
-		sa := c.tcp(flagSYN|flagACK, guestISN)
-		sa.Ack = syn.seq + 1
-		sa.Options = synOptions()
-		c.send(c.frame(sa, nil))
-		c.seq, c.ack = guestISN+1, syn.seq+1
-		c.expectAck("ACK of the guest's SYN-ACK")
+		c.synAck(syn, guestISN, synOptions())
 		c.write("data", []byte("after TIME-WAIT"))
 		readFull(t, cl, []byte("after TIME-WAIT"))
 	})
@@ -1311,12 +1397,7 @@ func TestListenerReuse(t *testing.T) {
 	families(t, func(t *testing.T, v6 bool) {
 		h := newHarness(t, nil)
 		cl, c, syn := h.forward(v6, 2222, 22)
-		sa := c.tcp(flagSYN|flagACK, guestISN)
-		sa.Ack = syn.seq + 1
-		sa.Options = synOptions()
-		c.send(c.frame(sa, nil))
-		c.seq, c.ack = guestISN+1, syn.seq+1
-		c.expectAck("ACK of the guest's SYN-ACK")
+		c.synAck(syn, guestISN, synOptions())
 		c.guestClose(cl)
 		local := cl.LocalAddr().(*net.TCPAddr)
 		cl.Close()
@@ -1347,12 +1428,7 @@ func TestListenerReuse(t *testing.T) {
 		if syn2.seq-syn.seq > 1<<30 {
 			t.Fatalf("new SYN %v does not start above the old ISN %d", syn2, syn.seq)
 		}
-		sa = c.tcp(flagSYN|flagACK, guestISN-5000)
-		sa.Ack = syn2.seq + 1
-		sa.Options = synOptions()
-		c.send(c.frame(sa, nil))
-		c.seq, c.ack = guestISN-4999, syn2.seq+1
-		c.expectAck("ACK of the guest's SYN-ACK")
+		c.synAck(syn2, guestISN-5000, synOptions())
 		c.write("data on the new connection", []byte("second"))
 		readFull(t, again, []byte("second"))
 		if n := h.e.st.TCPSuperseded.Load(); n != 1 {

@@ -16,7 +16,8 @@
 // The loop blocks its thread in epoll_wait(2) rather than in the Go
 // runtime's poller (package yield tells why), waking at least once a second
 // to run the tickers, which expire idle flows and run per-connection
-// timers. Other goroutines run code on the loop's thread with [Loop.Do]
+// timers, and earlier for a [Timer] armed sooner (TCP's retransmissions,
+// whose timeouts are a fraction of a second). Other goroutines run code on the loop's thread with [Loop.Do]
 // (opening and closing listening sockets at run time), which writes to an
 // eventfd the loop also waits on.
 package evloop
@@ -86,6 +87,7 @@ type Loop struct {
 	names      [MaxKinds]string
 	nkinds     int
 	tickers    []func(now int64)
+	timers     []*Timer
 	mu         sync.Mutex
 	reqs       []func()
 	stopping   atomic.Bool
@@ -126,6 +128,52 @@ func (l *Loop) Register(name string, h Handler) Kind {
 // Every adds fn to what runs about once a second, with the monotonic time
 // in nanoseconds (Now). Called before Run.
 func (l *Loop) Every(fn func(now int64)) { l.tickers = append(l.tickers, fn) }
+
+// Timer runs a function on the loop's thread once its deadline passes.
+type Timer struct {
+	at atomic.Int64 // the deadline, in Now's nanoseconds; 0: none
+	fn func(now int64)
+}
+
+// NewTimer adds a timer, not armed, that runs fn. Called before Run.
+func (l *Loop) NewTimer(fn func(now int64)) *Timer {
+	t := &Timer{fn: fn}
+	l.timers = append(l.timers, t)
+	return t
+}
+
+// Arm makes the timer run once Now reaches at, unless it is armed for
+// earlier already. Once run, it is no longer armed (its function may
+// arm it again). The loop heeds a deadline armed on its own thread
+// before it next waits; one armed on another thread when it next wakes,
+// at the latest a second later.
+func (t *Timer) Arm(at int64) {
+	for {
+		old := t.at.Load()
+		if old != 0 && old <= at || t.at.CompareAndSwap(old, at) {
+			return
+		}
+	}
+}
+
+// next is the earliest of end and the armed timers' deadlines.
+func (l *Loop) next(end int64) int64 {
+	for _, t := range l.timers {
+		if at := t.at.Load(); at != 0 && at < end {
+			end = at
+		}
+	}
+	return end
+}
+
+// fire runs the timers whose deadlines have passed.
+func (l *Loop) fire(now int64) {
+	for _, t := range l.timers {
+		if at := t.at.Load(); at != 0 && at <= now && t.at.CompareAndSwap(at, 0) {
+			t.fn(now)
+		}
+	}
+}
 
 // Add registers fd for events with ref.
 func (l *Loop) Add(fd int, events uint32, ref Ref) error {
@@ -200,7 +248,7 @@ func (l *Loop) Run() error {
 	var pace yield.Pacer
 	last := Now()
 	for {
-		timeout := max(0, int((last+int64(time.Second)-Now())/int64(time.Millisecond))+1)
+		timeout := max(0, int((l.next(last+int64(time.Second))-Now())/int64(time.Millisecond))+1)
 		n, err := unix.EpollWait(l.epfd, events, timeout)
 		if errors.Is(err, unix.EINTR) {
 			n, err = 0, nil
@@ -224,6 +272,7 @@ func (l *Loop) Run() error {
 		}
 		now := Now()
 		pace.Tick(now)
+		l.fire(now)
 		if now-last >= int64(time.Second) {
 			for _, fn := range l.tickers {
 				fn(now)

@@ -77,13 +77,20 @@
 // the RST RFC 9293 asks for, which ends the old connection, and our SYN's
 // retransmission opens the new one.
 //
-// Timers. Once a second the loop's tick retransmits what the guest has not
-// acknowledged for longer than the retransmission timeout (1 s, doubling
-// per retry up to 8 retries, then both sides are reset), probes a zero
-// window, repeats the window update if the guest may have missed it,
-// gives up a host connect after 10 s and a SYN to the guest after 3
-// retries, and resets connections idle for 2 hours. Three duplicate ACKs
-// from the guest retransmit at once.
+// Timers. What the guest has not acknowledged within the retransmission
+// timeout is sent again, the timeout doubling per retry up to 8 retries,
+// then both sides are reset. The timeout comes from round trips measured
+// as RFC 6298 asks (the handshake's, then one segment per flight, none
+// that was sent again): at least 200 ms, 1 s before any sample. With
+// nothing in flight and the guest's window shut, the persist timer probes
+// the window at the same intervals, as the guest's window update may have
+// been lost. Both run on a loop timer armed for the earliest deadline, so
+// a loss on the tap costs a fifth of a second, not the one to two seconds
+// of the loop's once-a-second tick. The tick retransmits SYNs and
+// SYN-ACKs (1 s, doubling, 3 retries), repeats our window update if the
+// guest may have missed it, gives up a host connect after 10 s, and
+// resets connections idle for 2 hours. Three duplicate ACKs from the
+// guest retransmit at once.
 //
 // Endings. The guest's FIN becomes shutdown(SHUT_WR) on the host socket
 // and the host's data keeps flowing; end of file on the host socket

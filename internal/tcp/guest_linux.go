@@ -263,7 +263,7 @@ func (e *Engine) segment(idx int32, f *flow.Flow, c *conn, p *packet.Parsed, s *
 			c.sndScale, c.rcvScale = s.ws, ourScale
 		}
 		c.sndWnd = uint32(s.wnd)
-		c.state, c.rtoAt, c.retries, c.rto = stEstablished, 0, 0, int64(initialRTO)
+		c.handshakeRTT(now)
 		pd.ack, pd.grow = true, true
 		return true
 	case stSynAckSent:
@@ -276,7 +276,7 @@ func (e *Engine) segment(idx int32, f *flow.Flow, c *conn, p *packet.Parsed, s *
 		if s.flags&flagACK == 0 || s.ack != c.iss+1 {
 			return true
 		}
-		c.state, c.rtoAt, c.retries, c.rto = stEstablished, 0, 0, int64(initialRTO)
+		c.handshakeRTT(now)
 		c.sndUna = s.ack
 		pd.grow = true
 	}
@@ -301,6 +301,16 @@ func (e *Engine) segment(idx int32, f *flow.Flow, c *conn, p *packet.Parsed, s *
 	}
 	e.dataFromGuest(c, s)
 	return true
+}
+
+// handshakeRTT establishes the connection, its handshake's round trip
+// (from our SYN or SYN-ACK, unless sent again) its first sample.
+func (c *conn) handshakeRTT(now int64) {
+	if c.retries == 0 && c.rttAt != 0 {
+		c.rttSample(now - c.rttAt)
+	}
+	c.state, c.rtoAt, c.retries, c.rttAt = stEstablished, 0, 0, 0
+	c.rto = c.baseRTO()
 }
 
 // guestRST handles the guest's RST (RFC 5961 3.2): at the next expected
@@ -372,16 +382,28 @@ func (e *Engine) ackFromGuest(idx int32, f *flow.Flow, c *conn, s *segment) bool
 			}
 		}
 		c.sndUna = ack
-		c.dupAcks, c.retries, c.rto = 0, 0, int64(initialRTO)
+		now := evloop.Now()
+		if c.rttAt != 0 && !seqLT(ack, c.rttSeq) {
+			c.rttSample(now - c.rttAt)
+			c.rttAt = 0
+		}
+		c.dupAcks, c.retries, c.rto = 0, 0, c.baseRTO()
 		c.rtoAt = 0
 		if c.sndNxt != c.sndUna {
-			c.rtoAt = evloop.Now() + c.rto
+			e.armRTO(c, now+c.rto)
 		}
 	} else if ack == c.sndUna && len(s.payload) == 0 && s.flags&flagFIN == 0 && wnd == c.sndWnd && c.sndNxt != c.sndUna {
 		c.dupAcks++
 		if c.dupAcks == 3 {
 			e.retransmit(idx, f, c)
 		}
+	}
+	switch {
+	case c.sndNxt != c.sndUna || c.hostEOF:
+	case wnd == 0 && c.rtoAt == 0:
+		e.armRTO(c, evloop.Now()+c.rto) // the persist timer
+	case wnd > 0 && c.sndWnd == 0:
+		c.rtoAt, c.rto = 0, c.baseRTO() // the window is open again
 	}
 	c.sndWnd = wnd
 	if c.stalled && c.room() > oldRoom {

@@ -266,7 +266,7 @@ func (e *Engine) accepted(l *listener, fd int, sa unix.Sockaddr, now int64) {
 	}
 	c := e.conn(idx)
 	*c = conn{state: stSynSent, tap: flow.Tgt, fd: fd, iss: e.isn(&f.Side[flow.Tgt], now), lastAct: now, since: now,
-		rto: int64(initialRTO), rtoAt: now + int64(initialRTO)}
+		rto: int64(initialRTO), rtoAt: now + int64(initialRTO), rttAt: now}
 	c.sndUna, c.sndNxt, c.sndMax = c.iss, c.iss+1, c.iss+1
 	c.mss = e.mssFor(tgt.EAddr)
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)

@@ -260,7 +260,7 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64, drain bool
 			}
 			e.sendSeg(w, f, c, c.finSeq, flagFIN|flagACK)
 			if c.rtoAt == 0 {
-				c.rtoAt = now + c.rto
+				e.armRTO(c, now+c.rto)
 			}
 			break
 		}
@@ -291,12 +291,16 @@ func (e *Engine) toGuest(idx int32, f *flow.Flow, c *conn, now int64, drain bool
 		qs, qb := w.out.Flush()
 		e.ps.ToTap.Add(uint64(sent + qs))
 		e.ps.ToTapBytes.Add(bytes + qb)
+		fresh := c.sndNxt == c.sndMax
 		c.sndNxt += uint32(n)
 		if seqLT(c.sndMax, c.sndNxt) {
 			c.sndMax = c.sndNxt
 		}
+		if fresh && c.rttAt == 0 {
+			c.rttAt, c.rttSeq = now, c.sndNxt
+		}
 		if c.rtoAt == 0 {
-			c.rtoAt = now + c.rto
+			e.armRTO(c, now+c.rto)
 		}
 		c.lastAct = now
 		if short && !drain {
@@ -399,7 +403,7 @@ func (e *Engine) connected(idx int32, f *flow.Flow, c *conn, now int64) {
 // hostUp sends the SYN-ACK of a connection whose host socket connected.
 func (e *Engine) hostUp(w *writer, idx int32, f *flow.Flow, c *conn, now int64) {
 	c.state = stSynAckSent
-	c.rtoAt, c.rto, c.retries = now+int64(initialRTO), int64(initialRTO), 0
+	c.rtoAt, c.rto, c.retries, c.rttAt = now+int64(initialRTO), int64(initialRTO), 0, now
 	if local, err := sockaddr.Local(c.fd); err == nil {
 		f.Side[c.host()].FAddr, f.Side[c.host()].FPort = local.Addr(), local.Port()
 	}

@@ -24,9 +24,12 @@ const (
 	ConnectTimeout = 10 * time.Second
 	// IdleTimeout resets a connection with no traffic either way.
 	IdleTimeout = 2 * time.Hour
-	// initialRTO is the first retransmission timeout; it doubles per
-	// retry.
+	// initialRTO is the first retransmission timeout, until a round
+	// trip was measured (RFC 6298 2); it doubles per retry. Measured
+	// round trips on a tap are far below minRTO, the timeout's floor
+	// then (Linux's too).
 	initialRTO = time.Second
+	minRTO     = 200 * time.Millisecond
 	maxRTO     = 30 * time.Second
 	// maxRetries is the most retransmissions of one segment (and of a
 	// SYN to the guest, synRetries) before the connection is reset.
@@ -92,6 +95,9 @@ type Engine struct {
 	mss6    int    // and IPv6
 	pend    pending
 	isnKey  maphash.Seed // the secret of isn
+	// rtx runs the retransmission and persist timers due before the
+	// next tick.
+	rtx *evloop.Timer
 	// heldBytes is what the connections hold beyond holes, at most
 	// heldTotal.
 	heldBytes int
@@ -135,6 +141,7 @@ func New(cfg Config) (*Engine, error) {
 	e.kLst = cfg.Loop.Register("TCP listener", evloop.HandlerFunc(e.listenerEvent))
 	e.kSplice = cfg.Loop.Register("TCP splice socket", evloop.HandlerFunc(e.spliceEvent))
 	cfg.Loop.Every(e.tick)
+	e.rtx = cfg.Loop.NewTimer(e.rtxDue)
 	e.peekOff = !cfg.NoPeekOffset && probePeekOffset()
 	if !e.peekOff {
 		e.discard = make([]byte, maxWindow)
@@ -209,14 +216,19 @@ type conn struct {
 	// SO_KEEPALIVE is on; stalled says the last read stopped at the end
 	// of the guest's window.
 	wantOut, lost, keepalive, stalled bool
-	// Timers, in monotonic nanoseconds: the retransmission deadline (0:
-	// none) and timeout, retries of the current one, duplicate ACKs
-	// seen, and the last traffic.
+	// Timers, in monotonic nanoseconds: the retransmission (or persist)
+	// deadline (0: none) and timeout, retries of the current one,
+	// duplicate ACKs seen, and the last traffic.
 	rtoAt, rto int64
 	retries    int
 	dupAcks    int
 	lastAct    int64
 	since      int64
+	// Round trips (RFC 6298): the smoothed time and its variation, and
+	// the one being timed, when the segment up to rttSeq was sent
+	// (rttAt, 0 if none is).
+	srtt, rttvar, rttAt int64
+	rttSeq              uint32
 	// guestISN is the guest's initial sequence number (for quoting its
 	// SYN in an ICMP error).
 	guestISN uint32
@@ -442,24 +454,8 @@ func (e *Engine) tick(now int64) {
 			e.sendSyn(e.lw, f, c)
 			return
 		}
-		switch {
-		case c.sndNxt != c.sndUna || c.finSent && !c.finAcked:
-			if c.rtoAt == 0 || now < c.rtoAt {
-				return
-			}
-			if !c.backoff(now, maxRetries) {
-				if log.Enabled(log.LevelDebug) {
-					log.Debugf("TCP flow %d: no ACK after %d retransmissions", idx, c.retries)
-				}
-				e.sendRST(e.lw, f, c)
-				e.free(idx, f, c, true)
-				return
-			}
-			e.retransmit(idx, f, c)
-		case c.sndWnd == 0 && !c.hostEOF && pendingBytes(c.fd) > 0:
-			// Zero window probe: an ACK below the window asks the
-			// guest for its window again.
-			e.sendSeg(e.lw, f, c, c.sndNxt-1, flagACK)
+		if !e.dataTimer(idx, f, c, now) {
+			return
 		}
 		if (c.rcvWnd == 0 || c.lost) && !c.guestFIN {
 			// The window update may have been lost, or EPOLLOUT
@@ -468,6 +464,102 @@ func (e *Engine) tick(now int64) {
 		}
 	})
 	e.lw.out.Flush()
+}
+
+// rtxDue runs the established connections' timers that are due, and
+// arms the loop's timer for the next.
+func (e *Engine) rtxDue(now int64) {
+	e.tab.Mu.Lock()
+	defer e.tab.Mu.Unlock()
+	next := int64(0)
+	e.tab.EachOf(flow.TypeTCP, func(idx int32, f *flow.Flow) {
+		c := e.conns[idx]
+		if c.state != stEstablished || c.rtoAt == 0 {
+			return
+		}
+		if now >= c.rtoAt && !e.dataTimer(idx, f, c, now) {
+			return
+		}
+		if c.rtoAt != 0 && (next == 0 || c.rtoAt < next) {
+			next = c.rtoAt
+		}
+	})
+	if next != 0 {
+		e.rtx.Arm(next)
+	}
+	e.lw.out.Flush()
+}
+
+// dataTimer runs an established connection's timer, due at c.rtoAt:
+// with data or a FIN unacknowledged, the retransmission timeout; with
+// nothing in flight and the guest's window shut, the persist timer,
+// whose ACK below the window asks the guest for its window again (its
+// window update may have been lost), at the same intervals. It reports
+// false if it freed the connection.
+func (e *Engine) dataTimer(idx int32, f *flow.Flow, c *conn, now int64) bool {
+	switch {
+	case c.sndNxt != c.sndUna || c.finSent && !c.finAcked:
+		if c.rtoAt == 0 || now < c.rtoAt {
+			return true
+		}
+		if !c.backoff(now, maxRetries) {
+			if log.Enabled(log.LevelDebug) {
+				log.Debugf("TCP flow %d: no ACK after %d retransmissions", idx, c.retries)
+			}
+			e.sendRST(e.lw, f, c)
+			e.free(idx, f, c, true)
+			return false
+		}
+		e.retransmit(idx, f, c)
+	case c.sndWnd == 0 && !c.hostEOF:
+		switch {
+		case c.rtoAt == 0:
+			c.rtoAt = now + c.rto
+		case now >= c.rtoAt:
+			if pendingBytes(c.fd) > 0 {
+				e.sendSeg(e.lw, f, c, c.sndNxt-1, flagACK)
+			}
+			c.rto = min(2*c.rto, int64(maxRTO))
+			c.rtoAt = now + c.rto
+		}
+	default:
+		c.rtoAt = 0
+	}
+	if c.rtoAt != 0 {
+		e.rtx.Arm(c.rtoAt)
+	}
+	return true
+}
+
+// armRTO sets the connection's timer to at, and the loop's.
+func (e *Engine) armRTO(c *conn, at int64) {
+	c.rtoAt = at
+	e.rtx.Arm(at)
+}
+
+// rttSample takes a round trip of r nanoseconds into the connection's
+// estimate (RFC 6298 2).
+func (c *conn) rttSample(r int64) {
+	r = max(r, 1)
+	if c.srtt == 0 {
+		c.srtt, c.rttvar = r, r/2
+		return
+	}
+	d := c.srtt - r
+	if d < 0 {
+		d = -d
+	}
+	c.rttvar = (3*c.rttvar + d) / 4
+	c.srtt = (7*c.srtt + r) / 8
+}
+
+// baseRTO is the retransmission timeout before any retry: from the
+// measured round trips, at least minRTO, or initialRTO before any.
+func (c *conn) baseRTO() int64 {
+	if c.srtt == 0 {
+		return int64(initialRTO)
+	}
+	return min(max(c.srtt+4*c.rttvar, int64(minRTO)), int64(maxRTO))
 }
 
 // GuestGone resets every connection through the tap: the guest that had
@@ -517,6 +609,7 @@ func (e *Engine) retransmit(idx int32, f *flow.Flow, c *conn) {
 	}
 	e.st.TCPRetransmits.Add(1)
 	c.sndNxt = c.sndUna
+	c.rttAt = 0 // a retransmitted segment times nothing (Karn)
 	if c.finSent && !c.finAcked {
 		c.finSent = false
 	}

@@ -969,6 +969,73 @@ func TestZeroWindow(t *testing.T) {
 	})
 }
 
+// TestTimers: once the handshake measured the round trip (far below
+// minRTO here), data the guest does not acknowledge is sent again after
+// minRTO, then after twice that, not on the once-a-second tick; with
+// the guest's window shut and its window update lost, the persist timer
+// probes at the same intervals, and the guest's answer with an open
+// window lets the data through.
+func TestTimers(t *testing.T) {
+	families(t, func(t *testing.T, v6 bool) {
+		h, c, srv := established(t, v6, 40015)
+		// between waits for the next segment to the guest and checks it
+		// came lo to hi after from.
+		between := func(what string, from time.Time, lo, hi time.Duration) (*rxSeg, time.Time) {
+			t.Helper()
+			s := h.next(hi + time.Second)
+			at := time.Now()
+			if s == nil {
+				t.Fatalf("%s: nothing within %v", what, hi+time.Second)
+			}
+			if d := at.Sub(from); d < lo || d > hi {
+				t.Errorf("%s %v after, want %v to %v", what, d.Round(time.Millisecond), lo, hi)
+			}
+			return s, at
+		}
+		down := pattern(3000, 13)
+		if _, err := srv.Write(down); err != nil {
+			t.Fatal(err)
+		}
+		c.recv("data", len(down), false)
+		sent := time.Now()
+		r1, at1 := between("first retransmission", sent, minRTO*3/4, 3*minRTO)
+		if r1.seq != c.ack || !bytes.Equal(r1.payload, down[:len(r1.payload)]) {
+			t.Fatalf("first retransmission %v, want the data from %d", r1, c.ack)
+		}
+		for h.next(20*time.Millisecond) != nil { // the rest of the flight
+		}
+		r2, _ := between("second retransmission", at1, 2*minRTO*3/4, 6*minRTO)
+		if r2.seq != c.ack {
+			t.Fatalf("second retransmission %v, want seq %d", r2, c.ack)
+		}
+		for h.next(20*time.Millisecond) != nil {
+		}
+		c.ack += uint32(len(down))
+		c.wnd = 0
+		c.send(c.seg(flagACK, nil))
+		h.quiet(20 * time.Millisecond)
+		shut := time.Now()
+		if _, err := srv.Write(down); err != nil {
+			t.Fatal(err)
+		}
+		p1, at1 := between("first window probe", shut, minRTO*3/4, 3*minRTO)
+		p2, _ := between("second window probe", at1, 2*minRTO*3/4, 6*minRTO)
+		for _, p := range []*rxSeg{p1, p2} {
+			if p.flags != flagACK || len(p.payload) != 0 || p.seq != c.ack-1 {
+				t.Fatalf("%v, want a window probe at %d", p, c.ack-1)
+			}
+		}
+		c.wnd = 0xffff
+		c.send(c.seg(flagACK, nil))
+		if got := c.recv("data after the window opened", len(down), true); !bytes.Equal(got, down) {
+			t.Fatal("data changed")
+		}
+		if n := h.st.TCPRetransmits.Load(); n != 2 {
+			t.Errorf("TCPRetransmits %d, want 2", n)
+		}
+	})
+}
+
 // TestBulkDownload: 200 KiB from the server reach the guest byte for
 // byte through a window of 16 KiB that the guest opens with an ACK per
 // segment, both with the peek offset and with the discard buffer.

@@ -417,7 +417,10 @@ func (e *Engine) ackFromGuest(idx int32, f *flow.Flow, c *conn, s *segment) bool
 // window probe is answered.
 func (e *Engine) dataFromGuest(c *conn, s *segment) {
 	pd := &e.pend
-	if c.guestFIN {
+	if c.guestFIN || pd.fin {
+		// Nothing follows the FIN, not even in the same batch (a
+		// guest that sends data at or after its FIN's sequence number
+		// gets an ACK of the FIN, its data is not taken).
 		if s.seqLen() > 0 {
 			pd.ack = true
 		}

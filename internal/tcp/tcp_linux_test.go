@@ -1304,6 +1304,26 @@ func TestSACK(t *testing.T) {
 	})
 }
 
+// TestDataAfterFIN: data a guest sends at or after its FIN's sequence
+// number, in the same batch as the FIN or later, is not taken: the
+// server reads the stream up to the FIN and then its end, and the ACK
+// covers the FIN and nothing beyond it.
+func TestDataAfterFIN(t *testing.T) {
+	families(t, func(t *testing.T, v6 bool) {
+		_, c, srv := established(t, v6, 40016)
+		up := pattern(600, 14)
+		fin := c.frame(c.tcp(flagACK|flagPSH|flagFIN, c.seq), up[:100])
+		after := c.frame(c.tcp(flagACK|flagPSH, c.seq+100), up[100:600])
+		c.send(fin, after)
+		c.seq += 101
+		c.expectAck("ACK of the FIN, not of the data after it")
+		c.send(c.frame(c.tcp(flagACK|flagPSH, c.seq), up[:50]))
+		c.expectAck("ACK of data after the FIN, in a later batch")
+		readFull(t, srv, up[:100])
+		readEOF(t, srv)
+	})
+}
+
 // TestOutOfOrderReset: what a connection holds beyond a hole is released
 // when the connection ends (the guest's RST), and a segment that would
 // take more than a connection may hold is dropped and counted, not held.

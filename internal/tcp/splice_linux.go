@@ -263,6 +263,7 @@ func (e *Engine) spliceEvent(r evloop.Ref, ev uint32) {
 	}
 	s := e.spl[r.Index]
 	side := int(r.Side)
+	up := false
 	if s.connecting {
 		if err := sockError(s.fd[flow.Tgt]); err != nil || ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
 			if log.Enabled(log.LevelDebug) {
@@ -275,6 +276,7 @@ func (e *Engine) spliceEvent(r evloop.Ref, ev uint32) {
 			return
 		}
 		e.spliceUp(r.Index, f, s)
+		up = true
 	}
 	if ev&unix.EPOLLERR != 0 {
 		if err := sockError(s.fd[side]); err != nil {
@@ -285,8 +287,17 @@ func (e *Engine) spliceEvent(r evloop.Ref, ev uint32) {
 			return
 		}
 	}
-	// Both directions: what this socket sends, and what waits for it.
+	// The directions the event is for: what this socket has to send
+	// (readable, or ended), and what waits in the other direction's
+	// pipe for room in it (writable); after a hang-up or an error, or
+	// once the connect is done, both. The registrations are
+	// level-triggered, so a direction with more to move than one call
+	// took raises its event again.
 	for d := range 2 {
+		if ev&(unix.EPOLLHUP|unix.EPOLLERR) == 0 && !up &&
+			!(d == side && ev&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0) && !(d != side && ev&unix.EPOLLOUT != 0) {
+			continue
+		}
 		if err := e.spliceMove(s, d); err != nil {
 			if log.Enabled(log.LevelDebug) {
 				log.Debugf("TCP splice flow %d: direction %d: %v", r.Index, d, err)
@@ -306,38 +317,43 @@ func (e *Engine) spliceEvent(r evloop.Ref, ev uint32) {
 const spliceChunk = 1 << 20
 
 // spliceMove moves what it can of direction d: from side d's socket into
-// its pipe, from the pipe into the other socket, until neither moves; then
-// after EOF with the pipe drained, it shuts the other socket for writing.
+// its pipe, from the pipe into the other socket, again while the socket
+// filled what was asked of it (a shorter read emptied it) or the pipe,
+// full before, made room; then after EOF with the pipe drained, it shuts
+// the other socket for writing.
 func (e *Engine) spliceMove(s *splicer, d int) error {
 	from, to := s.fd[d], s.fd[d^1]
 	for {
-		moved := false
+		more := false
 		if !s.eof[d] && s.held[d] < s.size {
-			n, err := unix.Splice(from, nil, s.pipe[d][1], nil, min(spliceChunk, s.size-s.held[d]), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			want := min(spliceChunk, s.size-s.held[d])
+			n, err := unix.Splice(from, nil, s.pipe[d][1], nil, want, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			switch {
 			case err == nil && n == 0:
 				s.eof[d] = true
 			case err == nil:
 				s.held[d] += int(n)
-				moved = true
+				more = int(n) == want
 			case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR):
 			default:
 				return err
 			}
 		}
 		if s.held[d] > 0 {
+			full := s.held[d] == s.size
 			n, err := unix.Splice(s.pipe[d][0], nil, to, nil, s.held[d], unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			switch {
 			case err == nil:
 				s.held[d] -= int(n)
 				e.ps.SplicedBytes.Add(uint64(n))
-				moved = moved || n > 0
+				more = more || full && n > 0 && !s.eof[d]
 			case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR):
+				more = false // the other socket is full: its EPOLLOUT goes on
 			default:
 				return err
 			}
 		}
-		if !moved {
+		if !more {
 			break
 		}
 	}

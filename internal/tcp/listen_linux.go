@@ -172,16 +172,14 @@ func (e *Engine) listenerEvent(r evloop.Ref, _ uint32) {
 
 // supersede makes way for a new connection from the host whose guest
 // side is that of an older connection still in the table, and reports
-// whether it did. The host kernel only lets such a connection in once the
-// old socket is done both ways (its TIME-WAIT takes the new SYN), so the
-// old one is over for the host; when it is over for the guest too, but
-// for the guest's ACK of our FIN (lost on the tap, or still on its way),
-// it ends here: a RST at the sequence number after our FIN ends the
-// guest's TIME-WAIT, or its FIN-WAIT-2 if the FIN itself was lost,
-// before our SYN for the new one arrives. Freed any earlier, the old
-// connection's RST could not be told from the new one's by the host
-// client. An older connection with data or a FIN still to deliver stays,
-// and the new one is reset.
+// whether it did. The host kernel lets such a connection in only once
+// the old socket is done both ways (its TIME-WAIT takes the new SYN). If
+// the old connection waits for nothing but the guest's ACK of our FIN
+// (lost on the tap, or on its way), it ends here: a RST at the sequence
+// number after our FIN ends the guest's TIME-WAIT (or FIN-WAIT-2, had
+// the FIN been lost) before our SYN for the new one arrives. An older
+// connection with data or a FIN still to deliver stays, and the new one
+// is reset.
 func (e *Engine) supersede(nf *flow.Flow) bool {
 	r, ok := e.tab.Lookup(flow.KeyOf(nf, flow.Tgt))
 	if !ok {

@@ -17,9 +17,10 @@
 // runtime's poller (package yield tells why), waking at least once a second
 // to run the tickers, which expire idle flows and run per-connection
 // timers, and earlier for a [Timer] armed sooner (TCP's retransmissions,
-// whose timeouts are a fraction of a second). Other goroutines run code on the loop's thread with [Loop.Do]
-// (opening and closing listening sockets at run time), which writes to an
-// eventfd the loop also waits on.
+// whose timeouts are a fraction of a second). Other goroutines run code
+// on the loop's thread with [Loop.Do] (opening and closing listening
+// sockets at run time), which writes to an eventfd the loop also waits
+// on.
 package evloop
 
 import (

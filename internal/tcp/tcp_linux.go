@@ -467,26 +467,21 @@ func (e *Engine) tick(now int64) {
 }
 
 // rtxDue runs the established connections' timers that are due, and
-// arms the loop's timer for the next.
+// arms the loop's timer again for those that are not (dataTimer arms it
+// for the ones it ran).
 func (e *Engine) rtxDue(now int64) {
 	e.tab.Mu.Lock()
 	defer e.tab.Mu.Unlock()
-	next := int64(0)
 	e.tab.EachOf(flow.TypeTCP, func(idx int32, f *flow.Flow) {
 		c := e.conns[idx]
-		if c.state != stEstablished || c.rtoAt == 0 {
-			return
-		}
-		if now >= c.rtoAt && !e.dataTimer(idx, f, c, now) {
-			return
-		}
-		if c.rtoAt != 0 && (next == 0 || c.rtoAt < next) {
-			next = c.rtoAt
+		switch {
+		case c.state != stEstablished || c.rtoAt == 0:
+		case now < c.rtoAt:
+			e.rtx.Arm(c.rtoAt)
+		default:
+			e.dataTimer(idx, f, c, now)
 		}
 	})
-	if next != 0 {
-		e.rtx.Arm(next)
-	}
 	e.lw.out.Flush()
 }
 
